@@ -1,0 +1,262 @@
+"""Tag sets and the parsing of model output.
+
+Tags are defined once, here. The prompt templates, the rollout engine (stop strings, action
+parsing, masking) and the format rewards all read a :class:`TagSet`, so SSRL, Search-R1 and
+R1-Searcher are *values* of the same protocol, not separate code paths.
+
+Every function in this module takes arbitrary model output and never raises on it: malformed,
+unclosed, nested or repeated tags, empty content and 100k characters of garbage are all valid
+inputs that produce a well-defined result. Parsing is plain substring search (no backtracking
+regexes), so its cost is linear in the length of the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "Action",
+    "R1_SEARCHER",
+    "SEARCH_R1",
+    "SSRL",
+    "TAG_SETS",
+    "Span",
+    "TagSet",
+    "extract_answer",
+    "find_spans",
+    "get_tag_set",
+    "parse_action",
+]
+
+#: Queries longer than this are cut (and flagged) before they reach a retriever.
+MAX_QUERY_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class TagSet:
+    """The tags of one method, as opening/closing string pairs.
+
+    ``think`` may be ``None`` for protocols without a reasoning tag. All other pairs are required.
+    """
+
+    name: str
+    search: tuple[str, str]
+    information: tuple[str, str]
+    answer: tuple[str, str]
+    think: tuple[str, str] | None = ("<think>", "</think>")
+
+    def __post_init__(self) -> None:
+        pairs = {"search": self.search, "information": self.information, "answer": self.answer}
+        if self.think is not None:
+            pairs["think"] = self.think
+        for key, pair in pairs.items():
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise ValueError(f"tag set {self.name!r}: {key} must be a pair [open, close], got {pair!r}")
+            opening, closing = pair
+            if not (isinstance(opening, str) and isinstance(closing, str) and opening and closing):
+                raise ValueError(f"tag set {self.name!r}: {key} tags must be non-empty strings, got {pair!r}")
+            if opening == closing:
+                raise ValueError(f"tag set {self.name!r}: {key} open and close tags are identical ({opening!r})")
+        flat = [t for pair in pairs.values() for t in pair]
+        if len(set(flat)) != len(flat):
+            raise ValueError(f"tag set {self.name!r}: tags must be distinct, got {flat}")
+
+    @property
+    def stop_on_search(self) -> list[str]:
+        """Stop strings for a multi-turn retrieval loop: pause after a query or an answer."""
+        return [self.search[1], self.answer[1]]
+
+    @property
+    def stop_on_answer(self) -> list[str]:
+        """Stop strings for single-pass self-search and for a final answer-only turn."""
+        return [self.answer[1]]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TagSet:
+        """Build a user-defined tag set from a recipe mapping (``{name, search: [o, c], ...}``)."""
+        allowed = {"name", "search", "information", "answer", "think"}
+        unknown = set(data) - allowed
+        if unknown:
+            raise ValueError(f"unknown tag-set keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+        missing = {"search", "information", "answer"} - set(data)
+        if missing:
+            raise ValueError(f"tag set is missing {sorted(missing)}")
+        think = data.get("think", ("<think>", "</think>"))
+        return cls(
+            name=str(data.get("name", "custom")),
+            search=tuple(data["search"]),
+            information=tuple(data["information"]),
+            answer=tuple(data["answer"]),
+            think=tuple(think) if think is not None else None,
+        )
+
+
+SEARCH_R1 = TagSet(
+    name="search_r1",
+    search=("<search>", "</search>"),
+    information=("<information>", "</information>"),
+    answer=("<answer>", "</answer>"),
+)
+#: SSRL uses exactly the Search-R1 tags; the model writes the information block itself.
+SSRL = TagSet(
+    name="ssrl",
+    search=SEARCH_R1.search,
+    information=SEARCH_R1.information,
+    answer=SEARCH_R1.answer,
+)
+R1_SEARCHER = TagSet(
+    name="r1_searcher",
+    search=("<|begin_of_query|>", "<|end_of_query|>"),
+    information=("<|begin_of_documents|>", "<|end_of_documents|>"),
+    answer=("<answer>", "</answer>"),
+)
+TAG_SETS: dict[str, TagSet] = {t.name: t for t in (SEARCH_R1, SSRL, R1_SEARCHER)}
+
+
+def get_tag_set(spec: str | dict | TagSet) -> TagSet:
+    """Resolve a recipe value (a name, a mapping, or a TagSet) to a TagSet."""
+    if isinstance(spec, TagSet):
+        return spec
+    if isinstance(spec, dict):
+        return TagSet.from_dict(spec)
+    if isinstance(spec, str) and spec in TAG_SETS:
+        return TAG_SETS[spec]
+    raise ValueError(f"unknown tag set {spec!r}; choose one of {sorted(TAG_SETS)} or give a mapping")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A tagged block: ``text[start:end]`` is the whole block including tags (if closed);
+    ``text[inner_start:inner_end]`` is its content."""
+
+    start: int
+    end: int
+    inner_start: int
+    inner_end: int
+    closed: bool
+
+    def content(self, text: str) -> str:
+        return text[self.inner_start : self.inner_end]
+
+
+def find_spans(text: str, tags: tuple[str, str], *, include_unclosed: bool = False) -> list[Span]:
+    """All blocks opened by ``tags[0]`` and closed by the next ``tags[1]``, left to right.
+
+    Blocks may span many lines (the DOTALL bug of public self-search code cannot happen: this is
+    substring search). A nested opening tag inside a block belongs to that block's content, so a
+    span is never shorter than what the model wrote between the outermost open and the first close.
+    A close without an open is ignored. With ``include_unclosed`` a trailing open block without a
+    close is returned with ``closed=False`` running to the end of the text (used to mask a
+    self-written information block cut off by the token budget).
+    """
+    if not isinstance(text, str):
+        return []
+    opening, closing = tags
+    spans: list[Span] = []
+    pos = 0
+    while True:
+        start = text.find(opening, pos)
+        if start < 0:
+            break
+        inner_start = start + len(opening)
+        close = text.find(closing, inner_start)
+        if close < 0:
+            if include_unclosed:
+                spans.append(Span(start, len(text), inner_start, len(text), closed=False))
+            break
+        end = close + len(closing)
+        spans.append(Span(start, end, inner_start, close, closed=True))
+        pos = end
+    return spans
+
+
+def _innermost_content(text: str, tags: tuple[str, str], close_at: int) -> tuple[int, str] | None:
+    """Content between the closing tag at ``close_at`` and the nearest opening tag before it."""
+    opening = tags[0]
+    start = text.rfind(opening, 0, close_at)
+    if start < 0:
+        return None
+    return start, text[start + len(opening) : close_at]
+
+
+def extract_answer(completion: str, tags: TagSet = SEARCH_R1) -> str | None:
+    """The content of the **last complete** answer block of ``completion``, stripped.
+
+    Pass only the completion, never the prompt: a prompt's format example (``<answer> Beijing
+    </answer>``) would otherwise be scored (a known Search-R1 pitfall). Decisions:
+
+    * zero complete answer blocks -> ``None`` (the rewards treat this as "no answer");
+    * several -> the last one, the model's final word after any self-correction;
+    * nested ``<answer><answer>x</answer></answer>`` -> the innermost content ``x``;
+    * an empty block ``<answer> </answer>`` -> ``""`` (an answer, and a wrong one).
+    """
+    if not isinstance(completion, str):
+        return None
+    close_at = completion.rfind(tags.answer[1])
+    while close_at >= 0:
+        found = _innermost_content(completion, tags.answer, close_at)
+        if found is not None:
+            return found[1].strip()
+        close_at = completion.rfind(tags.answer[1], 0, close_at)
+    return None
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the newest turn asks for.
+
+    ``kind`` is ``"search"`` (``content`` is the query), ``"answer"`` (``content`` is the answer)
+    or ``"invalid"`` (``content`` is empty and ``error`` says why). ``end`` is the character offset
+    in the turn text just after the tag that defines the action (``-1`` when invalid).
+    """
+
+    kind: Literal["search", "answer", "invalid"]
+    content: str = ""
+    error: str = ""
+    end: int = -1
+    query_truncated: bool = field(default=False, compare=False)
+
+
+def _clean_query(raw: str) -> tuple[str, bool]:
+    query = " ".join(raw.split())
+    if len(query) > MAX_QUERY_CHARS:
+        return query[:MAX_QUERY_CHARS], True
+    return query, False
+
+
+def parse_action(turn_text: str, tags: TagSet = SEARCH_R1) -> Action:
+    """Decide the action of the newest turn (all model text since the last observation).
+
+    The action is the complete ``search`` or ``answer`` block whose closing tag comes **first**,
+    matching Search-R1's ``<(search|answer)>(.*?)</\\1>`` rule: generation stops at the first
+    closing tag, so that is the block the model meant. Whitespace in queries is collapsed (a
+    multi-line query becomes one line); an empty query or answer-less turn is ``invalid`` with a
+    reason the environment can show. Never raises.
+    """
+    if not isinstance(turn_text, str) or not turn_text:
+        return Action("invalid", error="empty turn")
+    candidates: list[tuple[int, str]] = []
+    for kind, pair in (("search", tags.search), ("answer", tags.answer)):
+        pos = 0
+        while True:
+            close_at = turn_text.find(pair[1], pos)
+            if close_at < 0:
+                break
+            if turn_text.rfind(pair[0], 0, close_at) >= 0:
+                candidates.append((close_at, kind))
+                break
+            pos = close_at + len(pair[1])
+    if not candidates:
+        return Action("invalid", error="no complete search or answer block")
+    close_at, kind = min(candidates)
+    pair = tags.search if kind == "search" else tags.answer
+    found = _innermost_content(turn_text, pair, close_at)
+    content = found[1] if found else ""
+    end = close_at + len(pair[1])
+    if kind == "answer":
+        return Action("answer", content=content.strip(), end=end)
+    query, truncated = _clean_query(content)
+    if not query:
+        return Action("invalid", error="empty search query", end=end)
+    return Action("search", content=query, end=end, query_truncated=truncated)
