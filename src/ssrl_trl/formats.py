@@ -16,7 +16,9 @@ __all__ = [
 ]
 
 #: Queries that copy the prompt's instructions instead of asking something.
-PLACEHOLDER_QUERIES = frozenset({"", "query", "your query", "search query", "...", "…", "q", "question", "none"})
+PLACEHOLDER_QUERIES = frozenset(
+    {"", "query", "your query", "search query", "...", "…", "q", "question", "none"}
+)
 
 
 def _queries_ok(text: str, tags: TagSet) -> bool:
@@ -53,7 +55,7 @@ def ssrl_format_score(text: str, tags: TagSet = SSRL, *, max_think: int = 8) -> 
     open/close agreement of the tag kinds; zero beyond ``max_think`` think blocks (the cap against
     padding the output with empty thoughts).
 
-    >>> ssrl_format_score("<think>a</think><search>q</search><information>i</information>"
+    >>> ssrl_format_score("<think>a</think><search>who wrote Dune</search><information>i</information>"
     ...                   "<think>b</think><answer>x</answer>")
     1.0
     """

@@ -57,7 +57,9 @@ class TagSet:
             if not (isinstance(opening, str) and isinstance(closing, str) and opening and closing):
                 raise ValueError(f"tag set {self.name!r}: {key} tags must be non-empty strings, got {pair!r}")
             if opening == closing:
-                raise ValueError(f"tag set {self.name!r}: {key} open and close tags are identical ({opening!r})")
+                raise ValueError(
+                    f"tag set {self.name!r}: {key} open and close tags are identical ({opening!r})"
+                )
         flat = [t for pair in pairs.values() for t in pair]
         if len(set(flat)) != len(flat):
             raise ValueError(f"tag set {self.name!r}: tags must be distinct, got {flat}")
@@ -193,13 +195,15 @@ def extract_answer(completion: str, tags: TagSet = SEARCH_R1) -> str | None:
     """
     if not isinstance(completion, str):
         return None
-    close_at = completion.rfind(tags.answer[1])
-    while close_at >= 0:
-        found = _innermost_content(completion, tags.answer, close_at)
-        if found is not None:
-            return found[1].strip()
-        close_at = completion.rfind(tags.answer[1], 0, close_at)
-    return None
+    opening, closing = tags.answer
+    # The last opening tag that some closing tag follows opens the last complete block; its first
+    # closing tag ends the innermost content (a later stray or outer close is not part of it).
+    last_close = completion.rfind(closing)
+    start = completion.rfind(opening, 0, last_close) if last_close >= 0 else -1
+    if start < 0:
+        return None
+    inner_start = start + len(opening)
+    return completion[inner_start : completion.find(closing, inner_start)].strip()
 
 
 @dataclass(frozen=True)
@@ -238,15 +242,12 @@ def parse_action(turn_text: str, tags: TagSet = SEARCH_R1) -> Action:
         return Action("invalid", error="empty turn")
     candidates: list[tuple[int, str]] = []
     for kind, pair in (("search", tags.search), ("answer", tags.answer)):
-        pos = 0
-        while True:
-            close_at = turn_text.find(pair[1], pos)
-            if close_at < 0:
-                break
-            if turn_text.rfind(pair[0], 0, close_at) >= 0:
-                candidates.append((close_at, kind))
-                break
-            pos = close_at + len(pair[1])
+        # The first closing tag with an opening tag before it: the first close after the first open
+        # (one forward scan, so the cost stays linear however many stray closes there are).
+        first_open = turn_text.find(pair[0])
+        close_at = turn_text.find(pair[1], first_open + len(pair[0])) if first_open >= 0 else -1
+        if close_at >= 0:
+            candidates.append((close_at, kind))
     if not candidates:
         return Action("invalid", error="no complete search or answer block")
     close_at, kind = min(candidates)

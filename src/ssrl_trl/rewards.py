@@ -179,10 +179,16 @@ class R1SearcherStage1Reward(_Reward):
 
     __name__ = "r1_searcher_stage1"
 
-    def __init__(self, retrieval_bonus: float = 0.5, format_bonus: float = 0.5, answer_weight: float = 0.5, **kw):
+    def __init__(
+        self, retrieval_bonus: float = 0.5, format_bonus: float = 0.5, answer_weight: float = 0.5, **kw
+    ):
         kw.setdefault("tags", R1_SEARCHER)
         super().__init__(**kw)
-        self.retrieval_bonus, self.format_bonus, self.answer_weight = retrieval_bonus, format_bonus, answer_weight
+        self.retrieval_bonus, self.format_bonus, self.answer_weight = (
+            retrieval_bonus,
+            format_bonus,
+            answer_weight,
+        )
 
     def score(self, texts, kwargs):
         golden = self._golden(kwargs, len(texts))
@@ -246,11 +252,18 @@ class SearchCountReward(_Reward):
 
     __name__ = "search_count"
 
-    def __init__(self, min_searches: int = 1, max_searches: int = 4, bonus: float = 0.1, penalty: float = 0.1, **kw):
+    def __init__(
+        self, min_searches: int = 1, max_searches: int = 4, bonus: float = 0.1, penalty: float = 0.1, **kw
+    ):
         super().__init__(**kw)
         if min_searches > max_searches:
             raise ValueError(f"min_searches ({min_searches}) > max_searches ({max_searches})")
-        self.min_searches, self.max_searches, self.bonus, self.penalty = min_searches, max_searches, bonus, penalty
+        self.min_searches, self.max_searches, self.bonus, self.penalty = (
+            min_searches,
+            max_searches,
+            bonus,
+            penalty,
+        )
 
     def score(self, texts, kwargs):
         return [

@@ -113,4 +113,8 @@ def f1(prediction: str | None, golden: Any) -> float:
 
 def score_answer(prediction: str | None, golden: Any) -> dict[str, float]:
     """All three metrics at once (the evaluation tool's per-question record)."""
-    return {"em": em(prediction, golden), "cover_em": cover_em(prediction, golden), "f1": f1(prediction, golden)}
+    return {
+        "em": em(prediction, golden),
+        "cover_em": cover_em(prediction, golden),
+        "f1": f1(prediction, golden),
+    }

@@ -1,0 +1,8 @@
+"""Environments: who answers a search. Self-search (SSRL) answers nothing — the model writes its
+own information, which is masked; retrieval (Search-R1, R1-Searcher) inserts documents."""
+
+from .base import Environment, Observation
+from .retrieval import RetrievalEnv
+from .self_search import SelfSearchEnv
+
+__all__ = ["Environment", "Observation", "RetrievalEnv", "SelfSearchEnv"]

@@ -1,0 +1,84 @@
+"""Instruction prompts, written in our own words and built from the tag set.
+
+A template is a plain ``str.format`` string with ``{question}`` and the tag names
+(``{think_open}``, ``{search_open}``, ...). Users can replace it with a file named in the recipe;
+a template that does not mention ``{question}`` is rejected, since the model would never see the
+question.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .protocol import TagSet
+
+__all__ = ["TEMPLATES", "build_messages", "load_template", "render_prompt"]
+
+_SEARCH_R1 = """\
+Answer the question below. Think step by step inside {think_open} and {think_close} whenever you \
+need to reason. If you lack a fact, search for it by writing a short query between {search_open} \
+and {search_close}; the search results will then appear between {info_open} and {info_close}. \
+You may search as many times as you need. When you are sure, write only the final answer, a few \
+words with no explanation, between {answer_open} and {answer_close}, for example \
+{answer_open} Paris {answer_close}.
+Question: {question}"""
+
+_SSRL = """\
+Answer the question below using only what you know. Think inside {think_open} and {think_close}. \
+When you need a fact, write a search query between {search_open} and {search_close}, then write \
+what you recall about that query yourself between {info_open} and {info_close}, as a search \
+engine would return it. Repeat as needed. Finish with only the final answer, a few words with no \
+explanation, between {answer_open} and {answer_close}.
+Question: {question}"""
+
+_R1_SEARCHER = """\
+Solve the question below. Reason inside {think_open} and {think_close}. Whenever you need \
+outside knowledge, write a query as {search_open} your query {search_close} inside your \
+reasoning; the retrieved documents will be inserted between {info_open} and {info_close}. End \
+with the final answer between {answer_open} and {answer_close}.
+Question: {question}"""
+
+TEMPLATES: dict[str, str] = {"search_r1": _SEARCH_R1, "ssrl": _SSRL, "r1_searcher": _R1_SEARCHER}
+
+
+def load_template(spec: str) -> str:
+    """A built-in template name or a path to a text file."""
+    if spec in TEMPLATES:
+        return TEMPLATES[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"prompt template {spec!r} is neither a built-in ({sorted(TEMPLATES)}) nor a file"
+        )
+    text = path.read_text(encoding="utf-8")
+    if "{question}" not in text:
+        raise ValueError(f"prompt template {spec} does not contain {{question}}")
+    return text
+
+
+def render_prompt(template: str, question: str, tags: TagSet) -> str:
+    think = tags.think or ("", "")
+    fields = {
+        "question": question.strip(),
+        "think_open": think[0],
+        "think_close": think[1],
+        "search_open": tags.search[0],
+        "search_close": tags.search[1],
+        "info_open": tags.information[0],
+        "info_close": tags.information[1],
+        "answer_open": tags.answer[0],
+        "answer_close": tags.answer[1],
+    }
+    try:
+        return template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"prompt template has an unknown or malformed field: {exc}; allowed: {sorted(fields)}"
+        ) from exc
+
+
+def build_messages(template: str, question: str, tags: TagSet, system: str | None = None) -> list[dict]:
+    """Chat messages for one question: an optional system message and one user message."""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": render_prompt(template, question, tags)})
+    return messages

@@ -1,0 +1,23 @@
+"""The rollout engine (episodes × environment × backend) and its TRL adapter."""
+
+from .backends import Backend, GenRequest, GenResult, HFBackend, SamplingConfig, ScriptedBackend
+from .engine import Budgets, RolloutEngine, RolloutStats
+from .trajectory import Segment, Trajectory, TrajectoryError
+from .trl_adapter import SearchRollout, encode_prompt
+
+__all__ = [
+    "Backend",
+    "Budgets",
+    "GenRequest",
+    "GenResult",
+    "HFBackend",
+    "RolloutEngine",
+    "RolloutStats",
+    "SamplingConfig",
+    "ScriptedBackend",
+    "SearchRollout",
+    "Segment",
+    "Trajectory",
+    "TrajectoryError",
+    "encode_prompt",
+]

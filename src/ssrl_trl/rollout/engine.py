@@ -1,0 +1,210 @@
+"""The rollout engine: one loop for all three methods.
+
+Each episode is a small state machine — generate a turn until a stop string or a budget, parse
+the action, ask the environment, append its reply's token ids, repeat — and the engine advances
+all live episodes together: every call to the backend carries whichever episodes are waiting
+for the model, whatever their turn, and every call to the environment carries whichever are
+waiting for a reply. No episode waits for a slower one to reach the same turn, so the same loop
+suits a continuous-batching backend.
+
+SSRL (single pass, self-written information masked), Search-R1 and R1-Searcher (retrieval,
+inserted documents masked) differ only in the environment they are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..environments.base import Environment, Observation
+from ..protocol import Action
+from .backends import Backend, GenRequest, SamplingConfig
+from .detok import token_texts
+from .trajectory import Trajectory
+
+__all__ = ["Budgets", "RolloutEngine", "RolloutStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Token and turn budgets of one episode (Search-R1 defaults: ~500 tokens a turn, top-3
+    documents cut to ~500 tokens, a few searches).
+
+    ``max_completion_tokens`` is a hard cap on the whole completion (TRL's
+    ``max_completion_length``); an observation is only inserted if at least
+    ``answer_reserve_tokens`` remain after it, so the model always has room to answer.
+    """
+
+    max_turns: int = 4
+    max_tokens_per_turn: int = 500
+    max_obs_tokens: int = 500
+    max_completion_tokens: int = 2048
+    answer_reserve_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("max_turns", "max_tokens_per_turn", "max_completion_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"budgets.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_obs_tokens < 0 or self.answer_reserve_tokens < 0:
+            raise ValueError("budgets.max_obs_tokens and budgets.answer_reserve_tokens must be >= 0")
+
+
+@dataclass
+class RolloutStats:
+    """What one :meth:`RolloutEngine.run` cost, for logging."""
+
+    generation_s: float = 0.0
+    environment_s: float = 0.0
+    backend_calls: int = 0
+    environment_calls: int = 0
+    generated_tokens: int = 0
+    inserted_tokens: int = 0
+    per_call_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Episode:
+    traj: Trajectory
+    turn_start: int = 0  # completion index where the current model text (since the last reply) starts
+    turn_text: str = ""
+    pending: Action | None = None
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        backend: Backend,
+        env: Environment,
+        tokenizer,
+        budgets: Budgets | None = None,
+        *,
+        eos_token_id: int | None = None,
+        append_eos_after_answer: bool = True,
+    ) -> None:
+        self.backend, self.env, self.tokenizer = backend, env, tokenizer
+        self.budgets = budgets or Budgets()
+        self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        self.append_eos_after_answer = append_eos_after_answer
+
+    def run(
+        self, prompt_ids: Sequence[list[int]], sampling: SamplingConfig | None = None
+    ) -> tuple[list[Trajectory], RolloutStats]:
+        sampling = sampling or SamplingConfig()
+        episodes = [_Episode(Trajectory(prompt_ids=list(p))) for p in prompt_ids]
+        stats = RolloutStats()
+        live = list(episodes)
+        while live:
+            self._generate(live, sampling, stats)
+            waiting = [ep for ep in live if ep.traj.stop_reason is None and ep.pending is not None]
+            if waiting:
+                self._respond(waiting, stats)
+            live = [ep for ep in live if ep.traj.stop_reason is None]
+        trajectories = [ep.traj for ep in episodes]
+        for traj in trajectories:
+            traj.validate(self.budgets.max_completion_tokens)
+        return trajectories, stats
+
+    # -- model turns ---------------------------------------------------------------------------
+    def _remaining(self, traj: Trajectory) -> int:
+        return self.budgets.max_completion_tokens - len(traj.completion_ids)
+
+    def _generate(self, live: list[_Episode], sampling: SamplingConfig, stats: RolloutStats) -> None:
+        requests = []
+        for ep in live:
+            last_turn = ep.traj.turns + 1 >= self.budgets.max_turns
+            budget = min(self.budgets.max_tokens_per_turn, self._remaining(ep.traj))
+            requests.append(
+                GenRequest(
+                    ep.traj.prompt_ids + ep.traj.completion_ids,
+                    budget,
+                    tuple(self.env.stop_strings(last_turn)),
+                )
+            )
+        start = time.perf_counter()
+        results = self.backend.generate(requests, sampling)
+        stats.generation_s += time.perf_counter() - start
+        stats.backend_calls += 1
+        stats.per_call_sizes.append(len(requests))
+        for ep, res in zip(live, results, strict=True):
+            self._after_turn(ep, res)
+            stats.generated_tokens += len(res.token_ids)
+
+    def _after_turn(self, ep: _Episode, res) -> None:
+        traj = ep.traj
+        traj.append(list(res.token_ids), "model", list(res.logprobs))
+        traj.turns += 1
+        texts = token_texts(self.tokenizer, traj.completion_ids[ep.turn_start :])
+        # The hook sees the whole model text since the last reply (tags split across turns included).
+        self.env.on_model_turn(traj, ep.turn_start, texts)
+        ep.turn_text = texts.text
+        action = self.env.parse(ep.turn_text)
+        ep.pending = None
+        if action.kind == "answer":
+            traj.answer = action.content
+            self._finish(ep, "answer")
+        elif self._remaining(traj) <= 0:
+            self._finish(ep, "max_completion_tokens")
+        elif traj.turns >= self.budgets.max_turns:
+            self._finish(ep, "max_turns")
+        elif action.kind == "search" and self.env.answers_searches:
+            ep.pending = action
+        elif res.finish_reason == "length":
+            pass  # the turn ran out of tokens mid-thought: the model continues in its next turn
+        elif self.env.answers_searches:
+            ep.pending = action  # invalid: the environment may send a corrective message
+        else:
+            self._finish(ep, "no_answer")
+
+    def _finish(self, ep: _Episode, reason) -> None:
+        traj = ep.traj
+        traj.stop_reason = reason
+        ep.pending = None
+        if (
+            reason == "answer"
+            and self.append_eos_after_answer
+            and self.eos_token_id is not None
+            and traj.completion_ids[-1:] != [self.eos_token_id]
+            and self._remaining(traj) > 0
+        ):
+            traj.append([self.eos_token_id], "eos")
+
+    # -- environment replies -------------------------------------------------------------------
+    def _obs_budget(self, traj: Trajectory) -> int:
+        return min(self.budgets.max_obs_tokens, self._remaining(traj) - self.budgets.answer_reserve_tokens)
+
+    def _respond(self, waiting: list[_Episode], stats: RolloutStats) -> None:
+        searches = [ep for ep in waiting if ep.pending.kind == "search"]
+        start = time.perf_counter()
+        replies: dict[int, Observation | None] = {}
+        if searches:
+            observations = self.env.observe(
+                [ep.pending for ep in searches], [self._obs_budget(ep.traj) for ep in searches]
+            )
+            stats.environment_calls += 1
+            replies.update({id(ep): obs for ep, obs in zip(searches, observations, strict=True)})
+        for ep in waiting:
+            if ep.pending.kind != "search":
+                ep.traj.invalid_actions += 1
+                replies[id(ep)] = self.env.correction(ep.pending, self._obs_budget(ep.traj))
+        stats.environment_s += time.perf_counter() - start
+        for ep in waiting:
+            obs, action, traj = replies[id(ep)], ep.pending, ep.traj
+            if action.kind == "search":
+                traj.num_searches += 1
+                traj.queries.append(action.content)
+            if obs is None:  # not even an empty reply fits next to the answer reserve
+                self._finish(ep, "max_completion_tokens")
+                continue
+            if obs.kind == "error":
+                traj.retriever_errors += 1
+            if obs.kind in ("observation", "error"):
+                traj.doc_ids.append(list(obs.doc_ids))
+            traj.append(obs.ids, obs.kind)
+            traj.observation_tokens += len(obs.ids)
+            stats.inserted_tokens += len(obs.ids)
+            ep.pending = None
+            ep.turn_start = len(traj.completion_ids)

@@ -1,0 +1,184 @@
+"""The one seam with TRL: ``GRPOTrainer(rollout_func=SearchRollout(...))``.
+
+TRL calls ``rollout_func(prompts, trainer)`` with the prompts of this rank (already repeated
+``num_generations`` times) and expects ``prompt_ids``, ``completion_ids``, ``logprobs`` and
+optionally ``env_mask``; every other key reaches the reward functions as a keyword argument.
+TRL validates none of the lengths (a short mask is padded with 1s, i.e. trains on inserted
+text), so every trajectory is checked here before it is handed over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from ..environments.base import Environment
+from .backends import Backend, HFBackend, SamplingConfig
+from .engine import Budgets, RolloutEngine, RolloutStats
+from .rollout_log import RolloutLog
+from .trajectory import Trajectory, TrajectoryError
+
+__all__ = ["SearchRollout", "encode_prompt", "sampling_from_args"]
+
+
+def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+    """Token ids of one TRL prompt: chat messages get the chat template with the generation
+    prompt; a plain string is encoded as is (it is assumed to be already templated)."""
+    if isinstance(prompt, str):
+        return list(tokenizer.encode(prompt, add_special_tokens=False))
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+        out = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if hasattr(out, "keys") else out
+        return list(ids)
+    raise TypeError(f"a prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
+
+
+def sampling_from_args(args: Any) -> SamplingConfig:
+    """TRL's GRPOConfig sampling fields, so a recipe sets them where TRL users expect."""
+    return SamplingConfig(
+        temperature=float(getattr(args, "temperature", 1.0) or 0.0),
+        top_p=float(getattr(args, "top_p", 1.0) or 1.0),
+        top_k=int(getattr(args, "top_k", 0) or 0),
+        min_p=float(getattr(args, "min_p", 0.0) or 0.0),
+        repetition_penalty=float(getattr(args, "repetition_penalty", 1.0) or 1.0),
+    )
+
+
+class SearchRollout:
+    """A picklable ``rollout_func`` running the ssrl-trl engine.
+
+    ``env_factory(tokenizer)`` builds the environment once (the tokenizer is the trainer's).
+    Without a ``backend`` the trainer's own model generates through ``transformers`` inside TRL's
+    ``unwrap_model_for_generation`` (DDP, ZeRO-3 parameter gathering, gradient-checkpointing off).
+    """
+
+    def __init__(
+        self,
+        env_factory: Callable[[Any], Environment],
+        budgets: Budgets | None = None,
+        *,
+        backend: Backend | None = None,
+        log: RolloutLog | None = None,
+        generation_batch_size: int = 64,
+    ) -> None:
+        self.env_factory, self.budgets, self.backend, self.log = (
+            env_factory,
+            budgets or Budgets(),
+            backend,
+            log,
+        )
+        self.generation_batch_size = generation_batch_size
+        self._env: Environment | None = None
+        #: Per-call metrics (lists of floats), drained by the metrics callback into TRL's logs.
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+        self.__name__ = "ssrl_trl_rollout"
+
+    def environment(self, tokenizer: Any) -> Environment:
+        if self._env is None:
+            self._env = self.env_factory(tokenizer)
+        return self._env
+
+    def __call__(self, prompts: list, trainer: Any) -> dict[str, list]:
+        tokenizer = trainer.processing_class
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor wraps its tokenizer
+        env = self.environment(tokenizer)
+        max_len = getattr(trainer.args, "max_completion_length", None)
+        budgets = self.budgets
+        if max_len is not None and max_len < budgets.max_completion_tokens:
+            budgets = replace(budgets, max_completion_tokens=int(max_len))
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+        sampling = sampling_from_args(trainer.args)
+        start = time.perf_counter()
+        with self._backend(trainer, tokenizer) as backend:
+            engine = RolloutEngine(backend, env, tokenizer, budgets)
+            trajectories, stats = engine.run(prompt_ids, sampling)
+        self._record_metrics(trajectories, stats, time.perf_counter() - start)
+        step = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
+        return self.to_trl(trajectories, tokenizer, prompts, step)
+
+    @contextlib.contextmanager
+    def _backend(self, trainer: Any, tokenizer: Any):
+        if self.backend is not None:
+            yield self.backend
+            return
+        from trl.models.utils import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=getattr(trainer.args, "ds3_gather_for_generation", True),
+            gradient_checkpointing_kwargs=getattr(trainer.args, "gradient_checkpointing_kwargs", None),
+        ) as model:
+            yield HFBackend(model, tokenizer, batch_size=self.generation_batch_size)
+
+    def to_trl(
+        self, trajectories: list[Trajectory], tokenizer: Any, prompts: list, step: int
+    ) -> dict[str, list]:
+        """Validate and convert to TRL's dict of per-row lists (extras become reward kwargs)."""
+        out: dict[str, list] = defaultdict(list)
+        for i, traj in enumerate(trajectories):
+            try:
+                traj.validate()
+            except TrajectoryError as exc:
+                raise TrajectoryError(f"rollout row {i}: {exc}") from exc
+            rid = uuid.uuid4().hex
+            out["prompt_ids"].append(traj.prompt_ids)
+            out["completion_ids"].append(traj.completion_ids)
+            out["logprobs"].append(traj.logprobs)
+            out["env_mask"].append(traj.env_mask)
+            out["rollout_id"].append(rid)
+            for key, value in traj.extras().items():
+                out[key].append(value)
+            if self.log is not None:
+                self.log.add(rid, self._record(traj, tokenizer, prompts[i], step))
+        return dict(out)
+
+    @staticmethod
+    def _record(traj: Trajectory, tokenizer: Any, prompt: Any, step: int) -> dict[str, Any]:
+        segments = [
+            {
+                "kind": seg.kind,
+                "start": seg.start,
+                "end": seg.end,
+                "text": tokenizer.decode(traj.completion_ids[seg.start : seg.end], skip_special_tokens=False),
+                "masked_tokens": seg.end - seg.start - sum(traj.env_mask[seg.start : seg.end]),
+            }
+            for seg in traj.segments
+        ]
+        question = prompt[-1]["content"] if isinstance(prompt, list) and prompt else prompt
+        return {
+            "step": step,
+            "prompt": question,
+            "segments": segments,
+            "completion_ids": traj.completion_ids,
+            "env_mask": traj.env_mask,
+            "answer": traj.answer,
+            **traj.extras(),
+        }
+
+    def _record_metrics(self, trajectories: list[Trajectory], stats: RolloutStats, seconds: float) -> None:
+        n = max(len(trajectories), 1)
+        m = self.metrics
+        m["rollout/searches_per_trajectory"].append(sum(t.num_searches for t in trajectories) / n)
+        m["rollout/turns"].append(sum(t.turns for t in trajectories) / n)
+        m["rollout/masked_fraction"].append(sum(t.masked_fraction for t in trajectories) / n)
+        m["rollout/observation_tokens"].append(sum(t.observation_tokens for t in trajectories) / n)
+        m["rollout/invalid_actions"].append(sum(t.invalid_actions for t in trajectories) / n)
+        m["rollout/retriever_errors"].append(float(sum(t.retriever_errors for t in trajectories)))
+        m["rollout/answered_fraction"].append(sum(t.stop_reason == "answer" for t in trajectories) / n)
+        m["rollout/truncated_fraction"].append(sum(t.truncated for t in trajectories) / n)
+        m["rollout/seconds"].append(seconds)
+        m["rollout/generation_seconds"].append(stats.generation_s)
+        m["rollout/environment_seconds"].append(stats.environment_s)
+        m["rollout/tokens_per_second"].append(stats.generated_tokens / seconds if seconds > 0 else 0.0)
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Means of the metrics recorded since the last call, then reset."""
+        out = {k: sum(v) / len(v) for k, v in self.metrics.items() if v}
+        self.metrics.clear()
+        return out
