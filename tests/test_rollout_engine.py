@@ -271,8 +271,9 @@ FRAGMENTS = [
 )
 def test_random_tag_soup_keeps_the_contract(tokenizer, turn_fragments, self_search, budget):
     turns = ["".join(f) for f in turn_fragments]
+    mask_tags = bool(budget % 2)
     if self_search:
-        env = SelfSearchEnv(SSRL, mask_tags=bool(budget % 2))
+        env = SelfSearchEnv(SSRL, mask_tags=mask_tags)
     else:
         env = RetrievalEnv(EchoRetriever(), tokenizer, topk=2)
     engine = _engine(tokenizer, env, turns, max_turns=4, max_tokens_per_turn=60, max_completion_tokens=budget)
@@ -282,7 +283,8 @@ def test_random_tag_soup_keeps_the_contract(tokenizer, turn_fragments, self_sear
         texts = token_texts(tokenizer, traj.completion_ids)
         inside = find_spans(texts.text, SSRL.information, include_unclosed=True)
         for (s, e), m, tok_id in zip(texts.offsets, traj.env_mask, traj.completion_ids, strict=True):
-            overlaps = any(s < sp.end and e > sp.start for sp in inside)
+            bounds = [(sp.start, sp.end) if mask_tags else (sp.inner_start, sp.inner_end) for sp in inside]
+            overlaps = any(s < hi and e > lo for lo, hi in bounds if hi > lo)
             if tok_id == tokenizer.eos_token_id:
                 continue
             assert m == (0 if overlaps else 1), (texts.text, s, e)
