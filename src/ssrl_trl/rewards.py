@@ -16,7 +16,7 @@ the data, not model behaviour, so they raise with the column name.
 | Search-R1   | ``SearchR1FormatReward``  | 1 / 0.8 / 0.2 / 0.1 / 0 by (correct, format ok, parsable)      |
 | R1-Searcher | ``R1SearcherStage1Reward``| 0.5·[searched] + 0.5·[format] + answer_weight·F1               |
 | R1-Searcher | ``R1SearcherStage2Reward``| F1 if format ok else −2                                        |
-| any         | ``FormatReward``, ``SearchCountReward``, ``LengthGuardReward`` | small shaping terms           |
+| any         | ``FormatReward``, ``TagPresenceReward``, ``SearchCountReward``, ``LengthGuardReward`` | shaping |
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "SearchCountReward",
     "SearchR1EMReward",
     "SearchR1FormatReward",
+    "TagPresenceReward",
     "completion_text",
 ]
 
@@ -244,6 +245,23 @@ class FormatReward(_Reward):
 
     def score(self, texts, kwargs):
         return [_FORMAT_CHECKS[self.check](t, self.tags) for t in texts]
+
+
+class TagPresenceReward(_Reward):
+    """Dense partial format credit in [0, 1]: the fraction of the method's blocks (think, search,
+    information, answer) that appear complete at least once.
+
+    Exact match and strict format checks are all-zero on a small untrained model, which leaves
+    GRPO without a learning signal; this term rewards each step towards the format.
+    """
+
+    __name__ = "tag_presence"
+
+    def score(self, texts, kwargs):
+        pairs = [self.tags.search, self.tags.information, self.tags.answer]
+        if self.tags.think is not None:
+            pairs.append(self.tags.think)
+        return [sum(bool(find_spans(t, pair)) for pair in pairs) / len(pairs) for t in texts]
 
 
 class SearchCountReward(_Reward):

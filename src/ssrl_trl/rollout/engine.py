@@ -143,21 +143,22 @@ class RolloutEngine:
         ep.turn_text = texts.text
         action = self.env.parse(ep.turn_text)
         ep.pending = None
+        turns_left = traj.turns < self.budgets.max_turns
         if action.kind == "answer":
             traj.answer = action.content
             self._finish(ep, "answer")
         elif self._remaining(traj) <= 0:
             self._finish(ep, "max_completion_tokens")
-        elif traj.turns >= self.budgets.max_turns:
-            self._finish(ep, "max_turns")
-        elif action.kind == "search" and self.env.answers_searches:
+        elif turns_left and action.kind == "search" and self.env.answers_searches:
             ep.pending = action
-        elif res.finish_reason == "length":
+        elif turns_left and res.finish_reason == "length":
             pass  # the turn ran out of tokens mid-thought: the model continues in its next turn
-        elif self.env.answers_searches:
+        elif turns_left and self.env.answers_searches:
             ep.pending = action  # invalid: the environment may send a corrective message
+        elif res.finish_reason == "length":
+            self._finish(ep, "max_turns")
         else:
-            self._finish(ep, "no_answer")
+            self._finish(ep, "no_answer")  # the model ended its turn without answering
 
     def _finish(self, ep: _Episode, reason) -> None:
         traj = ep.traj

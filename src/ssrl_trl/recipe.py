@@ -1,0 +1,292 @@
+"""A recipe file is the whole experiment: model, data, method, environment, budgets, rewards and
+TRL's ``GRPOConfig`` — read with ``yaml.safe_load`` and validated before anything heavy loads.
+
+Every section rejects unknown keys, naming the key and the allowed ones; the ``grpo:`` section
+takes ``GRPOConfig`` field names unchanged (a misspelt one is an error with a suggestion, unlike
+``trl grpo`` which silently ignores it). Relative paths are resolved against the directory the
+command runs in, then against the recipe's own directory, so recipes work from the repo root.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "resolve_dotted"]
+
+
+class RecipeError(ValueError):
+    """A recipe is invalid; the message names the file, the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LoraSpec(_Section):
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelSpec(_Section):
+    name_or_path: str = Field(description="local folder or hub id")
+    gguf_file: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        None, description="path to a Jinja chat template replacing the tokenizer's"
+    )
+    attn_implementation: str | None = None
+    lora: LoraSpec | None = None
+
+
+class SourceSpec(_Section):
+    path: str = Field(description="FlashRAG-style jsonl, parquet, or a datasets name (hf:owner/name)")
+    name: str | None = Field(None, description="source name used in unique ids; defaults to the file stem")
+    split: str = "train"
+    weight: float = Field(1.0, gt=0)
+    limit: int | None = Field(None, ge=1)
+
+
+class DataSpec(_Section):
+    train: list[SourceSpec]
+    eval: list[SourceSpec] = []
+    question_key: str = "question"
+    answer_key: str = "golden_answers"
+    id_key: str = "id"
+    prompt_template: str = Field(
+        "search_r1", description="built-in name (ssrl, search_r1, r1_searcher) or file"
+    )
+    system_prompt: str | None = None
+    max_train_samples: int | None = Field(None, ge=1)
+    overlap: Literal["error", "drop_from_train", "drop_from_eval"] = Field(
+        "error", description="what to do with questions (same normalised text) in both train and eval"
+    )
+    eval_fraction: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        if isinstance(value, str | dict):
+            value = [value]
+        return [{"path": v} if isinstance(v, str) else v for v in value]
+
+
+class RetrieverSpec(_Section):
+    kind: Literal["bm25", "dense", "http", "index"] = "bm25"
+    index: str | None = None
+    corpus: str | None = Field(None, description="build the index from this corpus if it does not exist yet")
+    url: str | None = None
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrieverSpec:
+        if self.kind == "http" and not self.url:
+            raise ValueError("retriever kind 'http' needs url")
+        if self.kind != "http" and not self.index:
+            raise ValueError(
+                f"retriever kind {self.kind!r} needs index (a directory; add corpus to build it)"
+            )
+        return self
+
+
+class EnvironmentSpec(_Section):
+    kind: Literal["self_search", "retrieval"]
+    topk: int = Field(3, ge=1, le=50)
+    mask_tags: bool = Field(True, description="self-search: also mask the <information> tags themselves")
+    retriever: RetrieverSpec | None = None
+    max_consecutive_failures: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> EnvironmentSpec:
+        if self.kind == "retrieval" and self.retriever is None:
+            raise ValueError("environment kind 'retrieval' needs a retriever section")
+        return self
+
+
+class BudgetSpec(_Section):
+    max_turns: int = Field(4, ge=1)
+    max_tokens_per_turn: int = Field(500, ge=1)
+    max_obs_tokens: int = Field(500, ge=0)
+    answer_reserve_tokens: int = Field(32, ge=0)
+
+
+class RewardSpec(_Section):
+    path: str = Field(description="dotted path to a reward callable or a factory (with kwargs)")
+    weight: float = 1.0
+    kwargs: dict[str, Any] | None = None
+
+
+class Recipe(_Section):
+    method: Literal["ssrl", "search_r1", "r1_searcher"]
+    model: ModelSpec
+    data: DataSpec
+    environment: EnvironmentSpec
+    budgets: BudgetSpec = BudgetSpec()
+    tags: str | dict[str, Any] | None = Field(
+        None, description="tag set name or mapping; default: the method's"
+    )
+    rewards: list[RewardSpec]
+    rollout_log: bool = True
+    health: dict[str, Any] = {}
+    grpo: dict[str, Any] = {}
+    #: Where the recipe file lives (set by load_recipe; used to resolve relative paths).
+    base_dir: str | None = None
+
+    @field_validator("rewards")
+    @classmethod
+    def _some_rewards(cls, value: list[RewardSpec]) -> list[RewardSpec]:
+        if not value:
+            raise ValueError("at least one reward is needed")
+        return value
+
+    def path(self, value: str | None) -> str | None:
+        """Resolve a relative path: as given if it exists from the working directory, else
+        relative to the recipe file."""
+        if value is None or value.startswith("hf:"):
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute() or p.exists() or self.base_dir is None:
+            return str(p)
+        base_dir = Path(self.base_dir)
+        for base in (base_dir, *list(base_dir.parents)[:3]):
+            if (base / p).exists():
+                return str(base / p)
+        return str(p)
+
+
+def _grpo_fields() -> set[str]:
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    return {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+def _check_grpo(grpo: dict[str, Any], where: str) -> None:
+    fields = _grpo_fields()
+    for key in grpo:
+        if key not in fields:
+            hint = difflib.get_close_matches(key, fields, n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise RecipeError(f"{where}: grpo.{key} is not a GRPOConfig field{suggestion}")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-6`` as a string; every TRL user writes it that way."""
+    return float(value) if isinstance(value, str) and _FLOAT.fullmatch(value.strip()) else value
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key, {}), dict):
+            raise RecipeError(f"--set {dotted}: {key} is not a section")
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML (``1e-6``, ``true``, ``[a, b]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        _set_dotted(data, key.strip(), _number(value))
+    return data
+
+
+def _format_validation(exc: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid recipe"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key {loc!r}")
+        elif err["type"] == "literal_error":
+            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+        else:
+            lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> Recipe:
+    """Read, override and validate a recipe. Raises :class:`RecipeError` with a readable message."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    data["base_dir"] = str(path.resolve().parent)
+    if isinstance(data.get("grpo"), dict):
+        data["grpo"] = {k: _number(v) for k, v in data["grpo"].items()}
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation(exc, str(path))) from None
+    _check_grpo(recipe.grpo, str(path))
+    for spec in recipe.rewards:
+        try:
+            resolve_dotted(spec.path)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise RecipeError(f"{path}: reward {spec.path!r} cannot be imported: {exc}") from None
+    if check_files:
+        _check_files(recipe, str(path))
+    return recipe
+
+
+def _check_files(recipe: Recipe, where: str) -> None:
+    from .prompts import TEMPLATES
+
+    for src in recipe.data.train + recipe.data.eval:
+        resolved = recipe.path(src.path)
+        if not resolved.startswith("hf:") and not Path(resolved).exists():
+            raise RecipeError(f"{where}: data file {src.path!r} not found (looked at {resolved})")
+    template = recipe.data.prompt_template
+    if template not in TEMPLATES and not Path(recipe.path(template)).is_file():
+        raise RecipeError(
+            f"{where}: prompt_template {template!r} is neither built-in {sorted(TEMPLATES)} nor a file"
+        )
+    retriever = recipe.environment.retriever
+    if retriever is not None and retriever.kind != "http":
+        index, corpus = recipe.path(retriever.index), recipe.path(retriever.corpus)
+        if not Path(index).exists() and (corpus is None or not Path(corpus).exists()):
+            raise RecipeError(
+                f"{where}: retriever index {retriever.index!r} not found and no corpus to build it from"
+            )
+
+
+def resolve_dotted(dotted: str) -> Any:
+    """Import ``package.module.attr``; the project root is importable so ``rewards.*`` resolve."""
+    if "." not in dotted:
+        raise ValueError("expected a dotted path like rewards.ssrl.reward")
+    module_name, attr = dotted.rsplit(".", 1)
+    root = str(Path(__file__).resolve().parents[2])
+    if root not in sys.path and (Path(root) / "rewards").is_dir():
+        sys.path.append(root)
+    module = importlib.import_module(module_name)
+    if not hasattr(module, attr):
+        raise AttributeError(f"module {module_name!r} has no attribute {attr!r}")
+    return getattr(module, attr)

@@ -1,0 +1,337 @@
+"""Train a search agent with stock TRL GRPO from a recipe.
+
+    accelerate launch -m ssrl_trl.train --config recipes/ssrl.yaml
+    python -m ssrl_trl.train --config recipes/cpu/ssrl_smollm2.yaml --set grpo.max_steps=4
+    python -m ssrl_trl.train --config recipes/search_r1.yaml --resume auto
+
+Builds model, tokenizer, dataset, environment, rollout, rewards and ``GRPOTrainer`` from the
+recipe; logs reward components, searches, masked-token fraction and rollout timings through
+TRL's reporters; writes every trajectory to ``<output_dir>/rollouts.jsonl``; saves checkpoints
+(``grpo.save_steps``) and resumes from them; prints a short summary at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe, RecipeError, load_recipe, resolve_dotted
+
+__all__ = ["build_trainer", "main", "summarize"]
+
+_CPU_DEFAULTS = {"use_cpu": True, "bf16": False, "fp16": False}
+
+
+def _tags(recipe: Recipe):
+    from .protocol import get_tag_set
+
+    return get_tag_set(recipe.tags if recipe.tags is not None else recipe.method)
+
+
+def _datasets(recipe: Recipe, tags):
+    from datasets import Dataset
+
+    from .data import Source, build_prompt_rows, load_source, mix_sources
+    from .prompts import load_template
+
+    d = recipe.data
+    template = load_template(
+        d.prompt_template
+        if d.prompt_template in ("ssrl", "search_r1", "r1_searcher")
+        else recipe.path(d.prompt_template)
+    )
+
+    def load(specs):
+        groups = []
+        for s in specs:
+            src = Source(recipe.path(s.path), s.name, s.split, s.weight, s.limit)
+            groups.append(
+                (
+                    load_source(src, question_key=d.question_key, answer_key=d.answer_key, id_key=d.id_key),
+                    s.weight,
+                )
+            )
+        return groups
+
+    train_items = mix_sources(load(d.train), d.max_train_samples, d.seed)
+    eval_items = mix_sources(load(d.eval), None, d.seed) if d.eval else []
+    if d.eval_fraction and not eval_items:
+        n_eval = max(1, int(len(train_items) * d.eval_fraction))
+        eval_items, train_items = train_items[:n_eval], train_items[n_eval:]
+    from .scoring import normalize_answer
+
+    train_q = {normalize_answer(i.question) for i in train_items}
+    eval_q = {normalize_answer(i.question) for i in eval_items}
+    both = train_q & eval_q
+    if both and d.overlap == "error":
+        raise RecipeError(
+            f"{len(both)} questions are in both train and eval, e.g. {sorted(both)[0]!r}; set data.overlap"
+        )
+    if d.overlap == "drop_from_train":
+        train_items = [i for i in train_items if normalize_answer(i.question) not in both]
+    elif d.overlap == "drop_from_eval":
+        eval_items = [i for i in eval_items if normalize_answer(i.question) not in both]
+    if not train_items:
+        raise RecipeError("no training questions left after removing the eval overlap (data.overlap)")
+    train = Dataset.from_list(build_prompt_rows(train_items, template, tags, d.system_prompt))
+    evaluation = (
+        Dataset.from_list(build_prompt_rows(eval_items, template, tags, d.system_prompt))
+        if eval_items
+        else None
+    )
+    return train, evaluation
+
+
+def _retriever(recipe: Recipe):
+    from .retrieval.factory import build_retriever
+
+    spec = recipe.environment.retriever
+    if spec.kind == "http":
+        return build_retriever("http", url=spec.url, **spec.options)
+    index = recipe.path(spec.index)
+    if not Path(index).exists():
+        from .retrieval.bm25 import BM25Index
+        from .retrieval.corpus import iter_corpus
+
+        if spec.kind != "bm25":
+            raise RecipeError(f"index {index} missing; build it with `ssrl-trl index --kind {spec.kind}`")
+        print(f"[ssrl-trl] building BM25 index {index} from {spec.corpus}", flush=True)
+        BM25Index.build(iter_corpus(recipe.path(spec.corpus)), index)
+    return build_retriever(spec.kind, index=index, **spec.options)
+
+
+def _env_factory(recipe: Recipe, tags):
+    env = recipe.environment
+    if env.kind == "self_search":
+        return _SelfSearchFactory(tags, env.mask_tags)
+    return _RetrievalFactory(_retriever(recipe), tags, env.topk, env.max_consecutive_failures)
+
+
+class _SelfSearchFactory:
+    """Picklable environment factories (the rollout builds the environment with the trainer's tokenizer)."""
+
+    def __init__(self, tags, mask_tags):
+        self.tags, self.mask_tags = tags, mask_tags
+
+    def __call__(self, tokenizer):
+        from .environments import SelfSearchEnv
+
+        return SelfSearchEnv(self.tags, mask_tags=self.mask_tags)
+
+
+class _RetrievalFactory:
+    def __init__(self, retriever, tags, topk, failures):
+        self.retriever, self.tags, self.topk, self.failures = retriever, tags, topk, failures
+
+    def __call__(self, tokenizer):
+        from .environments import RetrievalEnv
+
+        return RetrievalEnv(
+            self.retriever, tokenizer, self.tags, topk=self.topk, max_consecutive_failures=self.failures
+        )
+
+
+def _rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
+    funcs, weights = [], []
+    for spec in recipe.rewards:
+        obj = resolve_dotted(spec.path)
+        if spec.kwargs is not None:
+            obj = obj(**spec.kwargs)  # a factory / reward class with parameters
+        elif isinstance(obj, type):
+            obj = obj()
+        if not callable(obj):
+            raise RecipeError(f"reward {spec.path!r} is not callable")
+        funcs.append(obj)
+        weights.append(spec.weight)
+    return funcs, weights
+
+
+def _grpo_config(recipe: Recipe, n_rewards_weights: list[float]):
+    import torch
+    from trl import GRPOConfig
+
+    grpo = dict(recipe.grpo)
+    grpo.setdefault("output_dir", f"runs/{recipe.method}")
+    grpo.setdefault("remove_unused_columns", False)
+    grpo["reward_weights"] = n_rewards_weights
+    if not torch.cuda.is_available():
+        for key, value in _CPU_DEFAULTS.items():
+            grpo.setdefault(key, value)
+    try:
+        return GRPOConfig(**grpo)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"grpo section rejected by GRPOConfig: {exc}") from None
+
+
+def build_trainer(recipe: Recipe):
+    """Everything a run needs, from a validated recipe. Returns (trainer, rollout, rollout_log)."""
+    from trl import GRPOTrainer
+
+    from .callbacks import RolloutMetricsCallback
+    from .models import load_model, load_tokenizer
+    from .rollout import Budgets, SearchRollout
+    from .rollout.rollout_log import RecordingReward, RolloutLog
+
+    tags = _tags(recipe)
+    funcs, weights = _rewards(recipe)
+    args = _grpo_config(recipe, weights)
+    m = recipe.model
+    name = recipe.path(m.name_or_path) if Path(recipe.path(m.name_or_path)).exists() else m.name_or_path
+    tokenizer = load_tokenizer(
+        name,
+        gguf_file=m.gguf_file,
+        trust_remote_code=m.trust_remote_code,
+        chat_template=recipe.path(m.chat_template),
+    )
+    model = load_model(
+        name,
+        dtype=m.dtype,
+        gguf_file=m.gguf_file,
+        trust_remote_code=m.trust_remote_code,
+        attn_implementation=m.attn_implementation,
+    )
+    peft_config = None
+    if m.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=m.lora.r,
+            lora_alpha=m.lora.alpha,
+            lora_dropout=m.lora.dropout,
+            target_modules=m.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
+    train, evaluation = _datasets(recipe, tags)
+    b = recipe.budgets
+    budgets = Budgets(
+        b.max_turns,
+        b.max_tokens_per_turn,
+        b.max_obs_tokens,
+        args.max_completion_length,
+        b.answer_reserve_tokens,
+    )
+    log = None
+    if recipe.rollout_log:
+        rank = int(os.environ.get("RANK", "0"))
+        log = RolloutLog(
+            Path(args.output_dir) / (f"rollouts.rank{rank}.jsonl" if rank else "rollouts.jsonl"),
+            num_rewards=len(funcs),
+        )
+        funcs = [RecordingReward(f, log) for f in funcs]
+    rollout = SearchRollout(_env_factory(recipe, tags), budgets, log=log)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        rollout_func=rollout,
+        peft_config=peft_config,
+    )
+    # First in line, so reporters (wandb, tensorboard, the console) see the rollout metrics.
+    trainer.callback_handler.callbacks.insert(0, RolloutMetricsCallback(rollout))
+    from .health import build_health_callbacks
+
+    for cb in build_health_callbacks(recipe.health):
+        trainer.add_callback(cb)
+    return trainer, rollout, log
+
+
+def _resume_path(arg: str | None, output_dir: str) -> str | bool | None:
+    if arg is None:
+        return None
+    if arg == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        return last  # None: nothing to resume, start fresh
+    if not Path(arg).is_dir():
+        raise RecipeError(f"--resume {arg}: no such checkpoint directory")
+    return arg
+
+
+def summarize(history: list[dict], output_dir: str, log_path: str | None) -> dict[str, Any]:
+    """Start-vs-end figures of a run from TRL's log history (first and last quarter of steps)."""
+    rows = [h for h in history if "reward" in h]
+    if not rows:
+        return {}
+    q = max(1, len(rows) // 4)
+
+    def mean(key, part):
+        vals = [r[key] for r in part if key in r]
+        return sum(vals) / len(vals) if vals else None
+
+    fmt_key = next((k for k in rows[-1] if k.endswith("/format")), None)
+    summary = {
+        "steps": rows[-1].get("step", len(rows)),
+        "reward_start": mean("reward", rows[:q]),
+        "reward_end": mean("reward", rows[-q:]),
+        "format_start": mean(fmt_key, rows[:q]) if fmt_key else None,
+        "format_end": mean(fmt_key, rows[-q:]) if fmt_key else None,
+        "searches_end": mean("rollout/searches_per_trajectory", rows[-q:]),
+        "answered_end": mean("rollout/answered_fraction", rows[-q:]),
+        "output_dir": output_dir,
+        "rollout_log": log_path,
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ssrl_trl.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="recipe YAML")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override, e.g. grpo.learning_rate=1e-6",
+    )
+    parser.add_argument(
+        "--resume", default=None, help="'auto' (latest checkpoint in output_dir) or a checkpoint dir"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        recipe = load_recipe(args.config, args.set)
+        trainer, _rollout, log = build_trainer(recipe)
+        resume = _resume_path(args.resume, trainer.args.output_dir)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    trainer.train(resume_from_checkpoint=resume)
+    if log is not None:
+        log.flush()
+    trainer.save_model(trainer.args.output_dir)
+    if trainer.is_world_process_zero():
+        summary = summarize(
+            trainer.state.log_history, trainer.args.output_dir, str(log.path) if log else None
+        )
+        Path(trainer.args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print("\n=== ssrl-trl run summary ===")
+    print(f"steps:            {s.get('steps')}")
+    print(
+        f"mean reward:      {f(s.get('reward_start'))} (first quarter) -> {f(s.get('reward_end'))} (last quarter)"
+    )
+    print(f"format score:     {f(s.get('format_start'))} -> {f(s.get('format_end'))}")
+    print(f"searches/answer:  {f(s.get('searches_end'))}   answered: {f(s.get('answered_end'))}")
+    print(f"checkpoint:       {s.get('output_dir')}")
+    print(f"rollout log:      {s.get('rollout_log')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

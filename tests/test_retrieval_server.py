@@ -1,0 +1,234 @@
+"""The retrieval server over a real uvicorn on a loopback port: exact Search-R1 / R1-Searcher
+schemas, 4xx on bad input with the server staying up, micro-batching, and the CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ssrl_trl.retrieval import Doc
+from ssrl_trl.retrieval.bm25 import BM25Index, BM25Retriever
+from ssrl_trl.retrieval.corpus import iter_corpus
+from ssrl_trl.retrieval.factory import InMemoryRetriever
+from ssrl_trl.retrieval.server import ServerLimits, create_app, running_server
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CORPUS = DATA / "corpus" / "mini_wiki.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not CORPUS.is_file(), reason=f"shared data kit not found at {DATA}")
+
+LIMITS = ServerLimits(max_queries=64, max_query_chars=512, max_topk=50, max_body_bytes=256 * 1024)
+QUERIES = ["history of the roman empire", "who won the football world cup", "zzzqqqxx"]
+
+
+@pytest.fixture(scope="module")
+def bm25_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bm25")
+    BM25Index.build(iter_corpus(CORPUS, limit=1000), out, show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def retriever(bm25_dir: Path) -> BM25Retriever:
+    return BM25Retriever.load(bm25_dir)
+
+
+@pytest.fixture(scope="module")
+def url(retriever: BM25Retriever):
+    with running_server(create_app(retriever, LIMITS)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def http(url: str):
+    with httpx.Client(base_url=url, timeout=30) as client:
+        yield client
+
+
+def test_search_r1_schema_with_scores(http: httpx.Client, retriever: BM25Retriever) -> None:
+    resp = http.post("/retrieve", json={"queries": QUERIES, "topk": 4, "return_scores": True})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert set(body) == {"result"} and len(body["result"]) == len(QUERIES)
+    expected = retriever.search(QUERIES, 4)
+    for hits, docs in zip(body["result"], expected, strict=True):
+        assert [set(h) for h in hits] == [{"document", "score"}] * len(docs)
+        assert [set(h["document"]) for h in hits] == [{"id", "contents"}] * len(docs)
+        assert [Doc(h["document"]["id"], h["document"]["contents"], h["score"]) for h in hits] == docs
+    assert len(body["result"][0]) == 4 and body["result"][2] == []  # no shared term: no hits
+
+
+def test_search_r1_schema_without_scores(http: httpx.Client, retriever: BM25Retriever) -> None:
+    body = http.post("/retrieve", json={"queries": QUERIES[:2]}).json()  # Search-R1 defaults
+    expected = retriever.search(QUERIES[:2], 3)  # default topk is 3
+    assert body == {"result": [[{"id": d.id, "contents": d.contents} for d in docs] for docs in expected]}
+    assert http.post("/retrieve", json={"queries": [], "topk": 3}).json() == {"result": []}
+
+
+def test_r1_searcher_schema(http: httpx.Client, retriever: BM25Retriever) -> None:
+    resp = http.post("/queries", json={"queries": QUERIES, "k": 2})
+    assert resp.status_code == 200
+    expected = retriever.search(QUERIES, 2)
+    assert resp.json() == {"queries": QUERIES, "answers": [[d.contents for d in docs] for docs in expected]}
+    assert len(http.post("/queries", json={"queries": QUERIES[:1]}).json()["answers"][0]) == 3
+
+
+def test_health(http: httpx.Client) -> None:
+    body = http.get("/health").json()
+    assert body["status"] == "ok" and "BM25Retriever" in body["retriever"]
+
+
+BAD_BODIES = {
+    "invalid json": (b'{"queries": ["a"', 400),
+    "empty body": (b"", 400),
+    "not an object": (b'["a", "b"]', 422),
+    "missing queries": (b'{"topk": 3}', 422),
+    "queries not a list": (b'{"queries": "who"}', 422),
+    "query not a string": (b'{"queries": [1, 2]}', 422),
+    "null query": (b'{"queries": [null]}', 422),
+    "topk zero": (b'{"queries": ["a"], "topk": 0}', 422),
+    "topk huge": (b'{"queries": ["a"], "topk": 1000000}', 422),
+    "topk negative": (b'{"queries": ["a"], "topk": -3}', 422),
+    "topk string": (b'{"queries": ["a"], "topk": "3"}', 422),
+    "topk float": (b'{"queries": ["a"], "topk": 2.5}', 422),
+    "return_scores string": (b'{"queries": ["a"], "return_scores": "yes"}', 422),
+    "unknown field": (b'{"queries": ["a"], "top_k": 3}', 422),
+    "10k queries": (json.dumps({"queries": ["who"] * 10_000}).encode(), 422),
+    "long query": (json.dumps({"queries": ["x" * 600]}).encode(), 422),
+    "1 MB query": (json.dumps({"queries": ["x" * 1_000_000]}).encode(), 413),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_bad_requests_get_4xx_and_server_stays_up(http: httpx.Client, case: str) -> None:
+    body, status = BAD_BODIES[case]
+    for path in ("/retrieve", "/queries"):
+        if path == "/queries":
+            body = body.replace(b'"topk"', b'"k"')
+        resp = http.post(path, content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == status, (path, resp.text[:300])
+        assert isinstance(resp.json()["detail"], str) and resp.json()["detail"]
+    assert http.get("/health").status_code == 200
+    assert http.post("/retrieve", json={"queries": ["roman empire"], "topk": 1}).status_code == 200
+
+
+def test_error_messages_are_specific(http: httpx.Client) -> None:
+    detail = http.post("/retrieve", json={"queries": ["a"], "topk": 0}).json()["detail"]
+    assert "between 1 and 50" in detail
+    detail = http.post("/retrieve", json={"queries": ["a"] * 65}).json()["detail"]
+    assert "too many queries: 65 > limit 64" in detail
+    body = http.post("/retrieve", json={"queries": ["a"], "top_k": 3}).json()
+    assert "top_k" in body["detail"] and "expected fields: queries, topk, return_scores" in body["detail"]
+    assert http.get("/retrieve").status_code == 405
+    assert http.post("/nope", json={}).status_code == 404
+
+
+class CountingRetriever:
+    """InMemoryRetriever that records each batched call and takes a little time per call."""
+
+    def __init__(self, docs: list[str], delay: float = 0.02, fail: bool = False) -> None:
+        self.inner = InMemoryRetriever(docs)
+        self.calls: list[int] = []
+        self.delay, self.fail = delay, fail
+        self.lock = threading.Lock()
+
+    def search(self, queries: list[str], k: int) -> list[list[Doc]]:
+        with self.lock:
+            self.calls.append(len(queries))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("index file vanished")
+        return self.inner.search(queries, k)
+
+
+def test_concurrent_requests_are_micro_batched() -> None:
+    docs = [f'"Topic {i}"\nword{i} is the subject of passage {i}.' for i in range(40)]
+    retriever = CountingRetriever(docs)
+    limits = ServerLimits(batch_wait_ms=20)
+    with running_server(create_app(retriever, limits)) as base, httpx.Client(base_url=base) as client:
+
+        def ask(i: int) -> list:
+            payload = {"queries": [f"word{i} passage"], "topk": 1 + i % 3, "return_scores": True}
+            return client.post("/retrieve", json=payload).json()["result"][0]
+
+        with ThreadPoolExecutor(max_workers=40) as pool:
+            answers = list(pool.map(ask, range(40)))
+        health = client.get("/health").json()
+    for i, hits in enumerate(answers):  # each request got its own results and its own topk
+        assert hits[0]["document"]["id"] == str(i)
+        assert len(hits) == min(1 + i % 3, 40)
+    assert sum(retriever.calls) == 40
+    assert len(retriever.calls) <= 20, retriever.calls  # far fewer search calls than requests
+    assert health["search_calls"] == len(retriever.calls)
+
+
+def test_retriever_failure_is_500_and_server_survives() -> None:
+    retriever = CountingRetriever(['"A"\nalpha'], delay=0, fail=True)
+    with running_server(create_app(retriever)) as base, httpx.Client(base_url=base) as client:
+        resp = client.post("/retrieve", json={"queries": ["alpha"]})
+        assert resp.status_code == 500 and "index file vanished" in resp.json()["detail"]
+        retriever.fail = False
+        assert client.post("/retrieve", json={"queries": ["alpha"]}).status_code == 200
+
+
+def test_running_server_stops_cleanly() -> None:
+    with running_server(create_app(InMemoryRetriever(['"A"\nalpha']))) as base:
+        assert httpx.get(base + "/health").status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(base + "/health", timeout=2)
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_topk=0"):
+        ServerLimits(max_topk=0)
+    with pytest.raises(ValueError, match="exceeds max_topk"):
+        ServerLimits(default_topk=10, max_topk=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_retriever_cli(bm25_dir: Path) -> None:
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssrl_trl.cli",
+        "serve-retriever",
+        "--index",
+        str(bm25_dir),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        resp = httpx.post(
+            base + "/retrieve", json={"queries": ["roman empire"], "topk": 2, "return_scores": True}
+        )
+        assert resp.status_code == 200 and len(resp.json()["result"][0]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

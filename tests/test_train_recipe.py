@@ -1,0 +1,49 @@
+"""A 2-step CPU training run from a recipe file, and resuming it from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import write_tiny_recipe
+from ssrl_trl.train import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method", ["ssrl", "search_r1"])
+def test_two_step_run_from_a_recipe_writes_checkpoint_log_and_summary(
+    tmp_path, tiny_model_dir, shared_data, method
+):
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, shared_data, method=method)
+    assert main(["--config", str(recipe)]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoint-2").is_dir() and (run / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    outcome = "ssrl" if method == "ssrl" else "search_r1_em"
+    assert len(records) == 8 and all(set(r["rewards"]) == {outcome, "tag_presence"} for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["reward_start"] is not None
+    history = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert "rollout/masked_fraction" in history[0] and "rollout/turns" in history[0]
+    if method == "search_r1":
+        assert (tmp_path / "bm25").is_dir()  # built from the corpus on first use
+
+
+def test_resume_continues_the_step_count(tmp_path, tiny_model_dir, shared_data):
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, shared_data, steps=1)
+    assert main(["--config", str(recipe)]) == 0
+    assert (tmp_path / "run" / "checkpoint-1").is_dir()
+    assert main(["--config", str(recipe), "--set", "grpo.max_steps=2", "--resume", "auto"]) == 0
+    state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2]  # step 1 from the first run, step 2 from the resumed one
+
+
+def test_bad_recipe_exits_with_a_message_not_a_traceback(tmp_path, tiny_model_dir, shared_data, capsys):
+    recipe = write_tiny_recipe(tmp_path, tiny_model_dir, shared_data, grpo={"learning_rat": 1e-6})
+    assert main(["--config", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "grpo.learning_rat is not a GRPOConfig field" in err and "learning_rate" in err
