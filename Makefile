@@ -26,8 +26,16 @@ $(STAMP): pyproject.toml
 ## setup: create ./.venv with the pinned, tested dependencies
 setup: $(STAMP)
 
+# The trajectory viewer is tested in headless Chromium (Debian's package).
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "The viewer test needs Chromium: sudo apt-get install chromium (or set CHROMIUM=/path)"; exit 1; fi
+
 ## test: the full test suite (CPU, < 15 minutes)
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 ## lint: ruff lint + format check
@@ -86,3 +94,26 @@ train-r1-searcher: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
 ## bench-engine: rollout-engine overhead vs plain GRPOTrainer on a tiny model
 bench-engine: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
+
+# Evaluation of the embedded default on the mini eval set (CPU). Outputs go to the gitignored
+# runs/; docs/eval/ holds a copy of one such run. Set EVAL_MODEL to evaluate a checkpoint.
+EVAL_MODEL ?= $(SMOLLM2)
+EVAL_DATA ?= ../shared/data/qa/mini_eval.jsonl
+EVAL_OUT ?= runs/eval
+EVAL_ARGS ?=
+
+.PHONY: eval eval-hybrid eval-passk
+
+## eval: both evaluations below (tables, pass@k and hybrid plots under $(EVAL_OUT))
+eval: eval-hybrid eval-passk
+
+## eval-hybrid: greedy self-search vs BM25 real search (Sim2Real) + hybrid routing, 33 mini_eval questions
+eval-hybrid: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+	$(PY) -m ssrl_trl.cli eval --model $(EVAL_MODEL) --datasets $(EVAL_DATA) --limit 8 --mode hybrid \
+		--retriever bm25:$(MINI_BM25) --max-new-tokens 256 --max-tokens-per-turn 128 --max-obs-tokens 256 \
+		--out $(EVAL_OUT)/hybrid $(EVAL_ARGS)
+
+## eval-passk: pass@k of self-search for k = 1..64 on 9 mini_eval questions (CPU)
+eval-passk: $(STAMP) $(SMOLLM2)/config.json
+	$(PY) -m ssrl_trl.cli eval --model $(EVAL_MODEL) --datasets $(EVAL_DATA) --limit 2 --mode self \
+		--n 64 --temperature 1.0 --max-new-tokens 128 --batch-size 64 --out $(EVAL_OUT)/passk $(EVAL_ARGS)

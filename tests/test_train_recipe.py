@@ -23,6 +23,7 @@ def test_two_step_run_from_a_recipe_writes_checkpoint_log_and_summary(
     records = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     outcome = "ssrl" if method == "ssrl" else "search_r1_em"
     assert len(records) == 8 and all(set(r["rewards"]) == {outcome, "tag_presence"} for r in records)
+    assert (run / "training_curve.png").stat().st_size > 1000
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["reward_start"] is not None
     history = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]

@@ -15,8 +15,11 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("ssrl_trl.retrieval.index_cli:main", "build a BM25 or dense retrieval index from a corpus"),
     "serve-retriever": ("ssrl_trl.retrieval.server:main", "serve an index: Search-R1 / R1-Searcher HTTP API"),
+    "plot-run": ("ssrl_trl.plots:plot_run_main", "plot reward / format / searches over steps of a run"),
     "train": ("ssrl_trl.train:main", "train from a recipe (same as python -m ssrl_trl.train)"),
     "prepare-data": ("ssrl_trl.data:prepare_data_main", "mix QA sources into unique-id prompt rows"),
+    "eval": ("ssrl_trl.evaluation.cli:main", "EM/F1 tables, pass@k, Sim2Real and hybrid search for a model"),
+    "view": ("ssrl_trl.viewer:main", "write a static HTML viewer of a rollout log (masks, rewards)"),
     "convert-gguf": (
         "ssrl_trl.models:convert_main",
         "write an HF model folder from a GGUF (default: SmolLM2)",

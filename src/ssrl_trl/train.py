@@ -315,7 +315,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         Path(trainer.args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
+        _plot(trainer.state.log_history, Path(trainer.args.output_dir) / "training_curve.png", recipe.method)
     return 0
+
+
+def _plot(history: list[dict], out: Path, title: str) -> None:
+    rows = [h for h in history if "reward" in h]
+    if not rows:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # an extra; the run itself does not need it
+        return
+    from .plots import plot_run
+
+    plot_run(rows, out, title)
+    print(f"curves:           {out}")
 
 
 def _print_summary(s: dict[str, Any]) -> None:
