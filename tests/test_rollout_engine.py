@@ -114,7 +114,10 @@ def test_invalid_turn_gets_a_masked_correction(tokenizer):
     assert [s.kind for s in traj.segments] == ["model", "correction", "model", "eos"]
     assert traj.invalid_actions == 1 and traj.num_searches == 0
     correction = tokenizer.decode(traj.completion_ids[traj.segments[1].start : traj.segments[1].end])
-    assert "<search>" in correction and "<answer>" in correction
+    assert "search tags" in correction and "answer tags" in correction
+    # No literal tags: the rewards must not find an answer or a format block in the environment's words.
+    for tag in ("<search>", "</search>", "<answer>", "</answer>", "<information>"):
+        assert tag not in correction
 
 
 def test_empty_query_is_invalid_not_searched(tokenizer):

@@ -237,8 +237,9 @@ def build_trainer(recipe: Recipe):
     trainer.callback_handler.callbacks.insert(0, RolloutMetricsCallback(rollout))
     from .health import build_health_callbacks
 
-    for cb in build_health_callbacks(recipe.health):
-        trainer.add_callback(cb)
+    # After the rollout metrics and before the reporters, so health/* and cost/* reach them too.
+    for i, cb in enumerate(build_health_callbacks(recipe.health), start=1):
+        trainer.callback_handler.callbacks.insert(i, cb)
     return trainer, rollout, log
 
 

@@ -112,16 +112,13 @@ class RetrievalEnv:
         return encode_observation(self.tokenizer, prefix, body, suffix, budget, kind="error")
 
     def correction(self, action: Action, budget: int) -> Observation | None:
-        (s_open, s_close), (a_open, a_close) = self.tags.search, self.tags.answer
+        # No literal tags here: the rewards read the decoded trajectory, and a message containing
+        # "<answer> and </answer>" would itself parse as an answer ("and") and a format block.
         text = (
-            f"\nThat turn had no valid action ({action.error}). To search, write the query between "
-            f"{s_open} and {s_close}. To answer, write only the answer between {a_open} and {a_close}.\n"
+            f"\nThat turn had no valid action ({action.error}). To search, write a query inside the search "
+            "tags and stop. To finish, write only the final answer inside the answer tags.\n"
         )
-        return (
-            encode_observation(self.tokenizer, "", text, "", budget, kind="correction")
-            if budget > 0
-            else None
-        )
+        return encode_observation(self.tokenizer, "", text, "", budget, kind="correction") if budget > 0 else None
 
     def on_model_turn(self, traj, start: int, texts) -> None:
         return None
