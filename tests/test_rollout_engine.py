@@ -308,3 +308,14 @@ def test_seeded_random_token_streams_keep_the_contract(tokenizer):
             tokenizer, env, script, max_turns=3, max_tokens_per_turn=64, max_completion_tokens=150
         ).run([[1]])[0][0]
         _check_contract(traj, tokenizer, 150)
+
+
+def test_response_prefix_is_inserted_masked_and_seen_by_the_parser(tokenizer):
+    env = SelfSearchEnv(SSRL)
+    backend = ScriptedBackend(tokenizer, lambda _p, _i: "x</think><answer>Paris</answer>")
+    engine = RolloutEngine(backend, env, tokenizer, Budgets(max_turns=1, max_completion_tokens=64), response_prefix="<think>")
+    traj = engine.run([[1]])[0][0]
+    _check_contract(traj, tokenizer, 64)
+    assert traj.segments[0].kind == "prefix" and traj.env_mask[: traj.segments[0].end] == [0] * traj.segments[0].end
+    assert tokenizer.decode(traj.completion_ids).startswith("<think>x</think><answer>Paris</answer>")
+    assert traj.answer == "Paris"

@@ -106,6 +106,9 @@ class EnvironmentSpec(_Section):
     mask_tags: bool = Field(True, description="self-search: also mask the <information> tags themselves")
     retriever: RetrieverSpec | None = None
     max_consecutive_failures: int = Field(20, ge=1)
+    response_prefix: str | None = Field(
+        None, description='text forced at the start of every completion (e.g. "<think>"), masked from the loss'
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EnvironmentSpec:

@@ -222,7 +222,9 @@ def build_trainer(recipe: Recipe):
             num_rewards=len(funcs),
         )
         funcs = [RecordingReward(f, log) for f in funcs]
-    rollout = SearchRollout(_env_factory(recipe, tags), budgets, log=log)
+    rollout = SearchRollout(
+        _env_factory(recipe, tags), budgets, log=log, response_prefix=recipe.environment.response_prefix
+    )
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=funcs,

@@ -84,8 +84,12 @@ class RolloutEngine:
         *,
         eos_token_id: int | None = None,
         append_eos_after_answer: bool = True,
+        response_prefix: str | None = None,
     ) -> None:
         self.backend, self.env, self.tokenizer = backend, env, tokenizer
+        # Forced opening of every answer (e.g. "<think>"): inserted, so masked, but part of the
+        # text the rewards and the parser see — a small model then starts inside the format.
+        self.prefix_ids = tokenizer.encode(response_prefix, add_special_tokens=False) if response_prefix else []
         self.budgets = budgets or Budgets()
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.append_eos_after_answer = append_eos_after_answer
@@ -95,6 +99,8 @@ class RolloutEngine:
     ) -> tuple[list[Trajectory], RolloutStats]:
         sampling = sampling or SamplingConfig()
         episodes = [_Episode(Trajectory(prompt_ids=list(p))) for p in prompt_ids]
+        for ep in episodes:
+            ep.traj.append(list(self.prefix_ids), "prefix")
         stats = RolloutStats()
         live = list(episodes)
         while live:

@@ -21,7 +21,7 @@ StopReason = Literal[
     "max_completion_tokens",  # the total token budget ran out
 ]
 
-SegmentKind = Literal["model", "observation", "correction", "error", "eos"]
+SegmentKind = Literal["prefix", "model", "observation", "correction", "error", "eos"]
 
 
 class TrajectoryError(ValueError):
