@@ -113,7 +113,7 @@ eval-hybrid: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
 		--retriever bm25:$(MINI_BM25) --max-new-tokens 256 --max-tokens-per-turn 128 --max-obs-tokens 256 \
 		--out $(EVAL_OUT)/hybrid $(EVAL_ARGS)
 
-## eval-passk: pass@k of self-search for k = 1..64 on 9 mini_eval questions (CPU)
+## eval-passk: pass@k of self-search for k = 1..64 on 5 mini_eval questions, one per dataset (CPU)
 eval-passk: $(STAMP) $(SMOLLM2)/config.json
-	$(PY) -m ssrl_trl.cli eval --model $(EVAL_MODEL) --datasets $(EVAL_DATA) --limit 2 --mode self \
-		--n 64 --temperature 1.0 --max-new-tokens 128 --batch-size 64 --out $(EVAL_OUT)/passk $(EVAL_ARGS)
+	$(PY) -m ssrl_trl.cli eval --model $(EVAL_MODEL) --datasets $(EVAL_DATA) --limit 1 --mode self \
+		--n 64 --temperature 1.0 --max-new-tokens 64 --batch-size 64 --out $(EVAL_OUT)/passk $(EVAL_ARGS)

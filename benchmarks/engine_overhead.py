@@ -111,7 +111,9 @@ def main() -> None:
     plain, engine = min(results["plain"]), min(results["engine"])
     rollout_s = statistics.mean(metrics["rollout/seconds"][1:])
     gen_s = statistics.mean(metrics["rollout/generation_seconds"][1:])
-    print(f"tokens per completion: {args.tokens}, 8 completions (2 prompts x 4) per step, steps: {args.steps} (x2 runs)")
+    print(
+        f"tokens per completion: {args.tokens}, 8 completions (2 prompts x 4) per step, steps: {args.steps} (x2 runs)"
+    )
     print(f"plain GRPOTrainer step:        {plain:.3f} s")
     print(f"GRPOTrainer + SearchRollout:   {engine:.3f} s")
     print(f"end-to-end ratio (engine/plain): {engine / plain:.3f}")

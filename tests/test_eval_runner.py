@@ -85,6 +85,7 @@ def test_run_arm_scores_writes_and_resumes(tokenizer, tmp_path):
     calls = backend.calls
     again = run_arm(arm, ITEMS, backend, tokenizer, tmp_path, batch_size=2, progress=False)
     assert backend.calls == calls and again.new_questions == 0 and again.records == res.records
+    assert again.total["questions"] == 3 and again.total["generated_tokens"] == res.generated_tokens
     (tmp_path / "predictions_self.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
     third = run_arm(arm, ITEMS, backend, tokenizer, tmp_path, batch_size=2, progress=False)
     assert third.new_questions == 1 and backend.calls == calls + 1
@@ -191,14 +192,14 @@ def _corpus_and_questions(shared_data, tmp_path, n_q=10):
 def test_cli_self_passk_on_tiny_model(tiny_model_dir, shared_data, tmp_path):
     out = tmp_path / "passk"
     argv = ["--model", str(tiny_model_dir), "--datasets", str(shared_data / "qa" / "mini_eval.jsonl"),
-            "--limit", "2", "--mode", "self", "--n", "4", "--k-max", "4", "--max-new-tokens", "12",
+            "--limit", "1", "--mode", "self", "--n", "4", "--k-max", "4", "--max-new-tokens", "8",
             "--batch-size", "16", "--out", str(out), "--no-progress"]  # fmt: skip
     assert eval_main(argv) == 0
     for name in ("summary.md", "summary.csv", "summary.json", "passk_self.csv", "passk_self.md",
                  "passk_self.png", "passk_self_nq.png", "predictions_self.jsonl", "curves.json"):  # fmt: skip
         assert (out / name).is_file(), name
     recs = [json.loads(line) for line in (out / "predictions_self.jsonl").read_text().splitlines()]
-    assert len(recs) == 9 and all(r["n"] == 4 and len(r["answers"]) == 4 for r in recs)
+    assert len(recs) == 5 and all(r["n"] == 4 and len(r["answers"]) == 4 for r in recs)
     assert {r["dataset"] for r in recs} == {"nq", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle"}
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["dataset"] for r in rows} >= {"nq", "average", "all"}
@@ -214,9 +215,9 @@ def test_cli_self_passk_on_tiny_model(tiny_model_dir, shared_data, tmp_path):
 def test_cli_sim2real_and_hybrid_on_mini_corpus(tiny_model_dir, shared_data, tmp_path):
     corpus, questions = _corpus_and_questions(shared_data, tmp_path)
     out = tmp_path / "hybrid"
-    argv = ["--model", str(tiny_model_dir), "--datasets", f"mini={questions}", "--limit", "2",
-            "--retriever", f"bm25:{tmp_path / 'bm25'}", "--corpus", str(corpus), "--max-new-tokens", "24",
-            "--max-tokens-per-turn", "12", "--max-obs-tokens", "48", "--topk", "2", "--out", str(out),
+    argv = ["--model", str(tiny_model_dir), "--datasets", f"mini={questions}", "--limit", "1",
+            "--retriever", f"bm25:{tmp_path / 'bm25'}", "--corpus", str(corpus), "--max-new-tokens", "16",
+            "--max-tokens-per-turn", "8", "--max-obs-tokens", "48", "--topk", "2", "--out", str(out),
             "--no-progress"]  # fmt: skip
     assert eval_main([*argv, "--mode", "sim2real"]) == 0
     md = (out / "summary.md").read_text()
@@ -254,7 +255,9 @@ def test_modes_build_the_training_environments(tokenizer, mode, arms, tags, temp
     from ssrl_trl.evaluation.cli import _check_args, build_arms, build_parser
 
     parser = build_parser()
-    a = parser.parse_args(["--mode", mode, "--retriever", "bm25:x", "--signal", "disagreement"])
+    a = parser.parse_args(
+        ["--mode", mode, "--retriever", "bm25:x", "--signal", "disagreement", "--response-prefix", "<think>"]
+    )
     _check_args(parser, a)
     built = build_arms(a, tokenizer, InMemoryRetriever(["x"]))
     assert [arm.name for arm in built] == arms
@@ -268,6 +271,7 @@ def test_modes_build_the_training_environments(tokenizer, mode, arms, tags, temp
     if mode == "hybrid":
         assert built[0].signals and built[2].n == 5 and built[2].sampling.temperature == 1.0
     assert all(arm.sampling.temperature == 0.0 for arm in built if arm.name != "self_samples")
+    assert {arm.response_prefix for arm in built} == {"<think>"}
 
 
 def test_seeded_sampling_is_reproducible(tokenizer, tiny_model_factory, tmp_path):
@@ -286,3 +290,11 @@ def test_seeded_sampling_is_reproducible(tokenizer, tiny_model_factory, tmp_path
     ]
     first, same, other = ([r["completion"] for r in res.records] for res in runs)
     assert first == same and first != other
+
+
+def test_response_prefix_is_forced_and_left_out_of_the_signals(tokenizer, tmp_path):
+    backend = _scripted(tokenizer, lambda ctx, call: "recall</think><answer>Paris</answer>")
+    arm = _arm(signals=True, response_prefix="<think>")
+    rec = run_arm(arm, ITEMS[:1], backend, tokenizer, tmp_path, progress=False).records[0]
+    assert rec["completion"].startswith("<think>recall</think>") and rec["em"] == 1.0
+    assert rec["signals"]["completion_nll"] == pytest.approx(1.0)  # inserted prefix has log-prob 0

@@ -209,6 +209,7 @@ def test_self_search_masks_exactly_the_self_written_information(tokenizer):
     assert "information" not in kept_text.replace("</search", "")
     assert "<answer>Shakespeare</answer>" in kept_text and "who wrote Hamlet" in kept_text
     assert traj.logprobs[: model.end] == [-1.0] * model.end  # real log-probs kept under the mask
+    assert traj.num_searches == 1 and traj.queries == ["who wrote Hamlet"]
 
 
 def test_self_search_can_keep_tags_in_the_loss(tokenizer):
@@ -313,9 +314,14 @@ def test_seeded_random_token_streams_keep_the_contract(tokenizer):
 def test_response_prefix_is_inserted_masked_and_seen_by_the_parser(tokenizer):
     env = SelfSearchEnv(SSRL)
     backend = ScriptedBackend(tokenizer, lambda _p, _i: "x</think><answer>Paris</answer>")
-    engine = RolloutEngine(backend, env, tokenizer, Budgets(max_turns=1, max_completion_tokens=64), response_prefix="<think>")
+    engine = RolloutEngine(
+        backend, env, tokenizer, Budgets(max_turns=1, max_completion_tokens=64), response_prefix="<think>"
+    )
     traj = engine.run([[1]])[0][0]
     _check_contract(traj, tokenizer, 64)
-    assert traj.segments[0].kind == "prefix" and traj.env_mask[: traj.segments[0].end] == [0] * traj.segments[0].end
+    assert (
+        traj.segments[0].kind == "prefix"
+        and traj.env_mask[: traj.segments[0].end] == [0] * traj.segments[0].end
+    )
     assert tokenizer.decode(traj.completion_ids).startswith("<think>x</think><answer>Paris</answer>")
     assert traj.answer == "Paris"

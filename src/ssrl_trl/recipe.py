@@ -107,7 +107,8 @@ class EnvironmentSpec(_Section):
     retriever: RetrieverSpec | None = None
     max_consecutive_failures: int = Field(20, ge=1)
     response_prefix: str | None = Field(
-        None, description='text forced at the start of every completion (e.g. "<think>"), masked from the loss'
+        None,
+        description='text forced at the start of every completion (e.g. "<think>"), masked from the loss',
     )
 
     @model_validator(mode="after")

@@ -118,7 +118,11 @@ class RetrievalEnv:
             f"\nThat turn had no valid action ({action.error}). To search, write a query inside the search "
             "tags and stop. To finish, write only the final answer inside the answer tags.\n"
         )
-        return encode_observation(self.tokenizer, "", text, "", budget, kind="correction") if budget > 0 else None
+        return (
+            encode_observation(self.tokenizer, "", text, "", budget, kind="correction")
+            if budget > 0
+            else None
+        )
 
     def on_model_turn(self, traj, start: int, texts) -> None:
         return None

@@ -39,6 +39,10 @@ class SelfSearchEnv:
         return None  # single pass: an answer-less generation ends the episode
 
     def on_model_turn(self, traj, start: int, texts) -> None:
+        # The model answers its own searches: count them here, as a retriever would have.
+        searches = find_spans(texts.text, self.tags.search)
+        traj.num_searches = len(searches)
+        traj.queries = [" ".join(sp.content(texts.text).split()) for sp in searches]
         for span in find_spans(texts.text, self.tags.information, include_unclosed=True):
             lo, hi = (span.start, span.end) if self.mask_tags else (span.inner_start, span.inner_end)
             if hi <= lo:

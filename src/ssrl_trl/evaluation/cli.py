@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-template", default=None, help="built-in name or file (default: by mode)")
     g.add_argument("--tags", default=None, help="tag set (default: search_r1 for retrieval, else ssrl)")
     g.add_argument("--system", default=None, help="optional system message")
+    g.add_argument(
+        "--response-prefix",
+        default=None,
+        help='forced masked opening, e.g. "<think>" (match the training recipe)',
+    )
     g = p.add_argument_group("sampling and budgets")
     g.add_argument("--n", type=int, default=1, help="samples per question (pass@k needs n > 1)")
     g.add_argument("--k-max", type=int, default=None, help="largest k of the pass@k curve (default n)")
@@ -170,7 +175,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
         max_obs_tokens=a.max_obs_tokens,
         max_completion_tokens=a.max_new_tokens,
     )
-    common = {"template": template, "n": a.n, "system": a.system}
+    common = {"template": template, "n": a.n, "system": a.system, "response_prefix": a.response_prefix}
     arms = []
     if a.mode != "retrieval":
         arms.append(
@@ -179,7 +184,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
                 SelfSearchEnv(tags),
                 budgets=single,
                 sampling=sampling,
-                signals=a.mode == "hybrid",
+                signals=True,
                 **common,
             )
         )
@@ -206,6 +211,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
                 sampling=hot,
                 n=a.hybrid_samples,
                 system=a.system,
+                response_prefix=a.response_prefix,
             )
         )
     return arms
@@ -273,7 +279,8 @@ def run_arms(a: argparse.Namespace, arms: list, items: list, model, tok, backend
             "new_questions": res.new_questions,
             "seconds": round(res.seconds, 2),
             "generated_tokens": res.generated_tokens,
-            "tokens_per_s": round(res.generated_tokens / res.seconds, 1) if res.seconds else None,
+            "tokens_per_s": round(res.generated_tokens / res.seconds, 1) if res.new_questions else None,
+            "all_runs": res.total,
         }
     return records, timings
 

@@ -85,12 +85,13 @@ def write_summary(
     else:
         keys = ["em", "cover_em", "f1"]
         head = ["questions"] + [f"{arm} {_LABELS[k]}" for arm in arms for k in keys]
-        head += [f"{arm} searches" for arm in arms]
+        tail = ["answered", "searches"]
+        head += [f"{arm} {_LABELS.get(k, k)}" for k in tail for arm in arms]
         rows = []
         for ds in datasets:
             row = [ds, _fmt("questions", summaries[arms[0]][ds]["questions"])]
             row += [_fmt(k, summaries[arm][ds][k]) for arm in arms for k in keys]
-            row += [_fmt("searches", summaries[arm][ds]["searches"]) for arm in arms]
+            row += [_fmt(k, summaries[arm][ds][k]) for k in tail for arm in arms]
             rows.append(row)
     md = _markdown(["dataset", *head], rows)
     (out_dir / "summary.md").write_text(md, encoding="utf-8")
@@ -172,6 +173,7 @@ def plot_passk(
     for (metric, vals), style in zip(curves.items(), ("-o", "--s", ":^"), strict=False):
         ax.plot(ks, [100 * v for v in vals], style, label=_LABELS.get(metric, metric), markersize=4)
     _log2_axis(ax, ks)
+    _ylim(ax)
     ax.set_ylabel("pass@k (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -198,6 +200,7 @@ def plot_passk_datasets(path: Path, ks: Sequence[int], by_ds: Mapping[str, list[
             markersize=3,
         )
     _log2_axis(ax, ks)
+    _ylim(ax)
     ax.set_ylabel("pass@k (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -205,6 +208,12 @@ def plot_passk_datasets(path: Path, ks: Sequence[int], by_ds: Mapping[str, list[
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _ylim(ax) -> None:
+    """From 0 to a little above the highest point (at least 5%, so an all-zero run still reads)."""
+    top = max((max(line.get_ydata(), default=0) for line in ax.get_lines()), default=0)
+    ax.set_ylim(0, max(5.0, 1.15 * float(top)))
 
 
 def _log2_axis(ax, ks: Sequence[int]) -> None:
@@ -266,6 +275,7 @@ def plot_hybrid(
     if "oracle" in refs:
         o = refs["oracle"]
         ax.plot([100 * o["frac_real"]], [100 * o[metric]], "r*", markersize=10, label="oracle")
+    _ylim(ax)
     ax.set_xlabel("questions sent to real search (%)")
     ax.set_ylabel(f"{_LABELS.get(metric, metric)} (%)")
     ax.set_title("Hybrid self/real search")

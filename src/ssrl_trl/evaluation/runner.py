@@ -42,7 +42,8 @@ class Arm:
 
     ``env`` is a training environment (``SelfSearchEnv`` or ``RetrievalEnv``); its tag set is the
     prompt's. ``n`` samples per question; ``signals`` adds uncertainty signals of sample 0 to the
-    record (the self-search arm of a hybrid run). ``describe`` is saved for the resume check.
+    record (used by hybrid routing; they change no answer, so they are not part of the settings
+    checked on resume). ``describe`` is saved for the resume check.
     """
 
     name: str
@@ -53,6 +54,8 @@ class Arm:
     n: int = 1
     system: str | None = None
     signals: bool = False
+    #: Forced, masked opening of every completion (e.g. ``"<think>"``), as in the training recipe.
+    response_prefix: str | None = None
     describe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -66,10 +69,10 @@ class Arm:
             "tags": self.env.tags.name,
             "template_sha1": hashlib.sha1(self.template.encode()).hexdigest()[:12],
             "system": self.system,
+            "response_prefix": self.response_prefix,
             "budgets": asdict(self.budgets),
             "sampling": asdict(self.sampling),
             "n": self.n,
-            "signals": self.signals,
             **self.describe,
         }
 
@@ -80,6 +83,8 @@ class ArmResult:
     new_questions: int = 0
     seconds: float = 0.0
     generated_tokens: int = 0
+    #: ``questions``, ``seconds``, ``generated_tokens`` summed over all runs into the folder.
+    total: dict[str, float] = field(default_factory=dict)
 
 
 Chunk = list[tuple[QAItem, int, int]]  # (item, first sample index, number of samples)
@@ -252,7 +257,7 @@ def run_arm(
     done = read_predictions(pred_path)
     _check_settings(out / f"{arm.name}.settings.json", arm.settings(), bool(done))
     todo = [it for it in items if it.id not in done]
-    engine = RolloutEngine(backend, arm.env, tokenizer, arm.budgets)
+    engine = RolloutEngine(backend, arm.env, tokenizer, arm.budgets, response_prefix=arm.response_prefix)
     result = ArmResult(records=[])
     start = time.perf_counter()
     bar = tqdm(total=len(todo) * arm.n, desc=f"eval {arm.name}", unit="sample", disable=_disable(progress))
@@ -273,7 +278,21 @@ def run_arm(
     bar.close()
     result.seconds = time.perf_counter() - start
     result.records = [done[it.id] for it in items]
+    result.total = _add_timing(out / f"{arm.name}.timing.json", result)
     return result
+
+
+def _add_timing(path: Path, result: ArmResult) -> dict[str, float]:
+    """Cost summed over every (resumed) run into this folder, kept in ``<arm>.timing.json``."""
+    total = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for key, value in (
+        ("questions", result.new_questions),
+        ("seconds", result.seconds),
+        ("generated_tokens", result.generated_tokens),
+    ):
+        total[key] = round(total.get(key, 0) + value, 2)
+    path.write_text(json.dumps(total) + "\n", encoding="utf-8")
+    return total
 
 
 def _disable(progress: bool | None) -> bool | None:

@@ -89,7 +89,9 @@ class RolloutEngine:
         self.backend, self.env, self.tokenizer = backend, env, tokenizer
         # Forced opening of every answer (e.g. "<think>"): inserted, so masked, but part of the
         # text the rewards and the parser see — a small model then starts inside the format.
-        self.prefix_ids = tokenizer.encode(response_prefix, add_special_tokens=False) if response_prefix else []
+        self.prefix_ids = (
+            tokenizer.encode(response_prefix, add_special_tokens=False) if response_prefix else []
+        )
         self.budgets = budgets or Budgets()
         self.eos_token_id = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         self.append_eos_after_answer = append_eos_after_answer
