@@ -9,7 +9,7 @@ Prints, from one process:
 * the engine's own time (detokenisation, parsing, masking, validation: rollout time minus the
   time inside ``model.generate``) as a fraction of the step — the number the target (<= 5 %) is about.
 
-    python benchmarks/engine_overhead.py --steps 6 --tokens 64
+    python benchmarks/engine_overhead.py --steps 10 --tokens 64
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
 
