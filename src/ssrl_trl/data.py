@@ -20,7 +20,15 @@ from .prompts import build_messages
 from .protocol import TagSet
 from .scoring import as_golden_list
 
-__all__ = ["QAItem", "Source", "build_prompt_rows", "load_source", "mix_sources", "prepare_data_main"]
+__all__ = [
+    "QAItem",
+    "Source",
+    "build_prompt_rows",
+    "check_unique_ids",
+    "load_source",
+    "mix_sources",
+    "prepare_data_main",
+]
 
 
 @dataclass(frozen=True)
@@ -120,12 +128,18 @@ def mix_sources(
             want = min(len(group), round(total * weight / weight_sum))
             items.extend(rng.sample(group, want))
     rng.shuffle(items)
+    check_unique_ids(items, "give the sources distinct names")
+    return items
+
+
+def check_unique_ids(items: Iterable[QAItem], hint: str) -> None:
+    """Raise on a repeated question id: two sources (or two copies of one) would share GRPO
+    groups, predictions and resume records."""
     seen: set[str] = set()
     for it in items:
         if it.id in seen:
-            raise ValueError(f"duplicate question id {it.id!r}: give the sources distinct names")
+            raise ValueError(f"duplicate question id {it.id!r}: {hint}")
         seen.add(it.id)
-    return items
 
 
 def build_prompt_rows(

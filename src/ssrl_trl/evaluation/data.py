@@ -12,7 +12,7 @@ import os
 import random
 from pathlib import Path
 
-from ..data import QAItem, Source, load_source
+from ..data import QAItem, Source, check_unique_ids, load_source
 
 __all__ = ["BENCHMARKS", "default_data_dir", "load_eval_items", "resolve_dataset"]
 
@@ -79,11 +79,7 @@ def load_eval_items(
                 continue
             taken[it.dataset] = taken.get(it.dataset, 0) + 1
             items.append(it)
-    seen: set[str] = set()
-    for it in items:
-        if it.id in seen:
-            raise ValueError(f"duplicate question id {it.id!r}: name the datasets apart (NAME=PATH)")
-        seen.add(it.id)
+    check_unique_ids(items, "name the datasets apart (NAME=PATH)")
     if not items:
         raise ValueError(f"no questions in {specs}")
     return items
