@@ -36,13 +36,11 @@ def _datasets(recipe: Recipe, tags):
     from datasets import Dataset
 
     from .data import Source, build_prompt_rows, load_source, mix_sources
-    from .prompts import load_template
+    from .prompts import TEMPLATES, load_template
 
     d = recipe.data
     template = load_template(
-        d.prompt_template
-        if d.prompt_template in ("ssrl", "search_r1", "r1_searcher")
-        else recipe.path(d.prompt_template)
+        d.prompt_template if d.prompt_template in TEMPLATES else recipe.path(d.prompt_template)
     )
 
     def load(specs):

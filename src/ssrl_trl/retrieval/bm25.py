@@ -129,15 +129,7 @@ class BM25Index:
                 show_progress=False,
             )
             rows, scores = self.model.retrieve(tokens, k=k, show_progress=False)
-        results: list[list[Doc]] = []
-        for row_ids, row_scores in zip(rows, scores, strict=True):
-            docs = []
-            for row, score in zip(row_ids, row_scores, strict=True):
-                if score > 0:
-                    doc_id, contents = self.store.get(int(row))
-                    docs.append(Doc(doc_id, contents, float(score)))
-            results.append(docs)
-        return results
+        return self.store.hits_to_docs(rows, scores, keep=lambda _row, score: score > 0)
 
 
 class BM25Retriever:

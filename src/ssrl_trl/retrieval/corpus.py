@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .base import Doc
+
 __all__ = [
     "DocStore",
     "INDEX_META",
@@ -150,6 +152,18 @@ class DocStore:
 
     def get_many(self, rows: Sequence[int]) -> list[tuple[str, str]]:
         return [self.get(int(r)) for r in rows]
+
+    def hits_to_docs(self, rows: Any, scores: Any, keep: Any) -> list[list[Doc]]:
+        """One ``Doc`` list per query from an index's (rows, scores) matrices, dropping the hits
+        for which ``keep(row, score)`` is false (BM25: zero score; faiss: -1 padding rows)."""
+        return [
+            [
+                Doc(*self.get(int(row)), float(score))
+                for row, score in zip(row_ids, row_scores, strict=True)
+                if keep(row, score)
+            ]
+            for row_ids, row_scores in zip(rows, scores, strict=True)
+        ]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -262,15 +262,8 @@ class DenseIndex:
                 show_progress_bar=False,
             )
             scores, rows = self.index.search(np.ascontiguousarray(vecs, dtype=np.float32), k)
-        results: list[list[Doc]] = []
-        for row_ids, row_scores in zip(rows, scores, strict=True):
-            docs = []
-            for row, score in zip(row_ids, row_scores, strict=True):
-                if row >= 0:  # faiss pads with -1 when fewer than k candidates were visited
-                    doc_id, contents = self.store.get(int(row))
-                    docs.append(Doc(doc_id, contents, float(score)))
-            results.append(docs)
-        return results
+        # faiss pads with -1 when fewer than k candidates were visited
+        return self.store.hits_to_docs(rows, scores, keep=lambda row, _score: row >= 0)
 
 
 class DenseRetriever:
