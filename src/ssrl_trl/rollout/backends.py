@@ -40,6 +40,8 @@ class SamplingConfig:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
+    #: Generate through EOS (throughput benchmarks, equal token counts); vLLM backends only.
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -66,6 +68,9 @@ class GenResult:
 
 
 class Backend(Protocol):
+    """Batched generation. A backend that also has ``async agenerate(request, sampling)`` (vLLM
+    engine, vLLM server) lets the engine advance every episode independently."""
+
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]: ...
 
 
@@ -133,6 +138,8 @@ class HFBackend:
     def _generate_batch(self, reqs: list[GenRequest], stop: tuple[str, ...], sampling: SamplingConfig):
         import torch
 
+        if sampling.ignore_eos:
+            raise ValueError("ignore_eos is only supported by the vLLM backends")
         device = next(self.model.parameters()).device
         width = max(len(r.prompt_ids) for r in reqs)
         input_ids = torch.full((len(reqs), width), self.pad_token_id, dtype=torch.long)

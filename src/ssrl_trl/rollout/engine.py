@@ -4,8 +4,11 @@ Each episode is a small state machine — generate a turn until a stop string or
 the action, ask the environment, append its reply's token ids, repeat — and the engine advances
 all live episodes together: every call to the backend carries whichever episodes are waiting
 for the model, whatever their turn, and every call to the environment carries whichever are
-waiting for a reply. No episode waits for a slower one to reach the same turn, so the same loop
-suits a continuous-batching backend.
+waiting for a reply. With a backend that can take one request at a time (``agenerate``: the
+vLLM engine or server), :meth:`RolloutEngine.run` goes further and runs every episode as its own
+task: an episode sends its next turn as soon as its observation is ready, while others are still
+decoding or searching, so neither a slow retrieval nor a long turn holds the others back
+(``schedule="independent"``, the default there; ``"batched"`` keeps the lock-step loop).
 
 SSRL (single pass, self-written information masked), Search-R1 and R1-Searcher (retrieval,
 inserted documents masked) differ only in the environment they are given.
@@ -13,10 +16,13 @@ inserted documents masked) differ only in the environment they are given.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ..environments.base import Environment, Observation
 from ..protocol import Action
@@ -24,7 +30,7 @@ from .backends import Backend, GenRequest, SamplingConfig
 from .detok import token_texts
 from .trajectory import Trajectory
 
-__all__ = ["Budgets", "RolloutEngine", "RolloutStats"]
+__all__ = ["Budgets", "RolloutEngine", "RolloutStats", "run_coroutine"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +61,11 @@ class Budgets:
 
 @dataclass
 class RolloutStats:
-    """What one :meth:`RolloutEngine.run` cost, for logging."""
+    """What one :meth:`RolloutEngine.run` cost, for logging.
+
+    Under the independent scheduler generation and environment calls overlap: ``generation_s``
+    is then the wall time of the whole run and ``environment_s`` the summed time of the
+    (concurrent) environment calls."""
 
     generation_s: float = 0.0
     environment_s: float = 0.0
@@ -85,8 +95,19 @@ class RolloutEngine:
         eos_token_id: int | None = None,
         append_eos_after_answer: bool = True,
         response_prefix: str | None = None,
+        schedule: Literal["auto", "independent", "batched"] = "auto",
+        max_concurrent_env_calls: int = 16,
     ) -> None:
         self.backend, self.env, self.tokenizer = backend, env, tokenizer
+        can_stream = callable(getattr(backend, "agenerate", None))
+        if schedule == "independent" and not can_stream:
+            raise ValueError(f"{type(backend).__name__} has no agenerate(): use schedule='batched'")
+        if schedule not in ("auto", "independent", "batched"):
+            raise ValueError(f"schedule must be 'auto', 'independent' or 'batched', got {schedule!r}")
+        self.schedule = "independent" if schedule == "auto" and can_stream else schedule
+        if self.schedule == "auto":
+            self.schedule = "batched"
+        self.max_concurrent_env_calls = max(1, int(max_concurrent_env_calls))
         # Forced opening of every answer (e.g. "<think>"): inserted, so masked, but part of the
         # text the rewards and the parser see — a small model then starts inside the format.
         self.prefix_ids = (
@@ -104,6 +125,16 @@ class RolloutEngine:
         for ep in episodes:
             ep.traj.append(list(self.prefix_ids), "prefix")
         stats = RolloutStats()
+        if self.schedule == "independent":
+            run_coroutine(self._run_independent(episodes, sampling, stats))
+        else:
+            self._run_batched(episodes, sampling, stats)
+        trajectories = [ep.traj for ep in episodes]
+        for traj in trajectories:
+            traj.validate(self.budgets.max_completion_tokens)
+        return trajectories, stats
+
+    def _run_batched(self, episodes: list[_Episode], sampling: SamplingConfig, stats: RolloutStats) -> None:
         live = list(episodes)
         while live:
             self._generate(live, sampling, stats)
@@ -111,27 +142,51 @@ class RolloutEngine:
             if waiting:
                 self._respond(waiting, stats)
             live = [ep for ep in live if ep.traj.stop_reason is None]
-        trajectories = [ep.traj for ep in episodes]
-        for traj in trajectories:
-            traj.validate(self.budgets.max_completion_tokens)
-        return trajectories, stats
+
+    async def _run_independent(
+        self, episodes: list[_Episode], sampling: SamplingConfig, stats: RolloutStats
+    ) -> None:
+        env_slots = asyncio.Semaphore(self.max_concurrent_env_calls)
+        start = time.perf_counter()
+
+        async def episode(ep: _Episode) -> None:
+            while ep.traj.stop_reason is None:
+                res = await self.backend.agenerate(self._request(ep), sampling)  # type: ignore[attr-defined]
+                stats.backend_calls += 1
+                stats.generated_tokens += len(res.token_ids)
+                self._after_turn(ep, res)
+                if ep.traj.stop_reason is None and ep.pending is not None:
+                    async with env_slots:
+                        t0 = time.perf_counter()
+                        reply = await asyncio.to_thread(self._reply, ep)
+                        stats.environment_s += time.perf_counter() - t0
+                    stats.environment_calls += ep.pending.kind == "search"
+                    self._apply_reply(ep, reply, stats)
+
+        try:
+            results = await asyncio.gather(*(episode(ep) for ep in episodes), return_exceptions=True)
+        finally:
+            if callable(aclose := getattr(self.backend, "aclose", None)):
+                await aclose()
+        stats.generation_s = time.perf_counter() - start
+        stats.per_call_sizes.append(len(episodes))
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
 
     # -- model turns ---------------------------------------------------------------------------
     def _remaining(self, traj: Trajectory) -> int:
         return self.budgets.max_completion_tokens - len(traj.completion_ids)
 
+    def _request(self, ep: _Episode) -> GenRequest:
+        last_turn = ep.traj.turns + 1 >= self.budgets.max_turns
+        budget = min(self.budgets.max_tokens_per_turn, self._remaining(ep.traj))
+        return GenRequest(
+            ep.traj.prompt_ids + ep.traj.completion_ids, budget, tuple(self.env.stop_strings(last_turn))
+        )
+
     def _generate(self, live: list[_Episode], sampling: SamplingConfig, stats: RolloutStats) -> None:
-        requests = []
-        for ep in live:
-            last_turn = ep.traj.turns + 1 >= self.budgets.max_turns
-            budget = min(self.budgets.max_tokens_per_turn, self._remaining(ep.traj))
-            requests.append(
-                GenRequest(
-                    ep.traj.prompt_ids + ep.traj.completion_ids,
-                    budget,
-                    tuple(self.env.stop_strings(last_turn)),
-                )
-            )
+        requests = [self._request(ep) for ep in live]
         start = time.perf_counter()
         results = self.backend.generate(requests, sampling)
         stats.generation_s += time.perf_counter() - start
@@ -201,19 +256,53 @@ class RolloutEngine:
                 replies[id(ep)] = self.env.correction(ep.pending, self._obs_budget(ep.traj))
         stats.environment_s += time.perf_counter() - start
         for ep in waiting:
-            obs, action, traj = replies[id(ep)], ep.pending, ep.traj
-            if action.kind == "search":
-                traj.num_searches += 1
-                traj.queries.append(action.content)
-            if obs is None:  # not even an empty reply fits next to the answer reserve
-                self._finish(ep, "max_completion_tokens")
-                continue
-            if obs.kind == "error":
-                traj.retriever_errors += 1
-            if obs.kind in ("observation", "error"):
-                traj.doc_ids.append(list(obs.doc_ids))
-            traj.append(obs.ids, obs.kind)
-            traj.observation_tokens += len(obs.ids)
-            stats.inserted_tokens += len(obs.ids)
-            ep.pending = None
-            ep.turn_start = len(traj.completion_ids)
+            self._apply_reply(ep, replies[id(ep)], stats)
+
+    def _reply(self, ep: _Episode) -> Observation | None:
+        """The environment's reply to one episode's pending action (independent scheduler)."""
+        if ep.pending.kind == "search":
+            return self.env.observe([ep.pending], [self._obs_budget(ep.traj)])[0]
+        ep.traj.invalid_actions += 1
+        return self.env.correction(ep.pending, self._obs_budget(ep.traj))
+
+    def _apply_reply(self, ep: _Episode, obs: Observation | None, stats: RolloutStats) -> None:
+        action, traj = ep.pending, ep.traj
+        if action.kind == "search":
+            traj.num_searches += 1
+            traj.queries.append(action.content)
+        if obs is None:  # not even an empty reply fits next to the answer reserve
+            self._finish(ep, "max_completion_tokens")
+            return
+        if obs.kind == "error":
+            traj.retriever_errors += 1
+        if obs.kind in ("observation", "error"):
+            traj.doc_ids.append(list(obs.doc_ids))
+        traj.append(obs.ids, obs.kind)
+        traj.observation_tokens += len(obs.ids)
+        stats.inserted_tokens += len(obs.ids)
+        ep.pending = None
+        ep.turn_start = len(traj.completion_ids)
+
+
+def run_coroutine(coro):
+    """Run ``coro`` to completion from synchronous code and return its result (TRL calls
+    ``rollout_func`` synchronously), in a helper thread when this thread already runs an event
+    loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="ssrl-rollout")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("result")

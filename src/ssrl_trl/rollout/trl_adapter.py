@@ -53,8 +53,17 @@ class SearchRollout:
     """A picklable ``rollout_func`` running the ssrl-trl engine.
 
     ``env_factory(tokenizer)`` builds the environment once (the tokenizer is the trainer's).
-    Without a ``backend`` the trainer's own model generates through ``transformers`` inside TRL's
-    ``unwrap_model_for_generation`` (DDP, ZeRO-3 parameter gathering, gradient-checkpointing off).
+    Without a ``backend`` the generator follows the trainer's configuration:
+
+    * ``use_vllm=False`` — the trainer's own model through ``transformers``, inside TRL's
+      ``unwrap_model_for_generation`` (DDP, ZeRO-3 parameter gathering, gradient-checkpointing off);
+    * ``vllm_mode="colocate"`` — this rank's in-process vLLM engine (``trainer.vllm_generation.llm``);
+    * ``vllm_mode="server"`` — a per-rank client of the trainer's vLLM server.
+
+    In both vLLM modes TRL pushes the policy weights to the engine before calling us whenever the
+    optimiser has stepped since the last push (``GRPOTrainer._generate``), and resets the prefix
+    cache; the weight-sync test in ``tests_vllm`` checks that the engine's log-probs move after a
+    step. Episodes advance independently on vLLM (``schedule``, see :class:`RolloutEngine`).
     """
 
     def __init__(
@@ -66,6 +75,9 @@ class SearchRollout:
         log: RolloutLog | None = None,
         generation_batch_size: int = 64,
         response_prefix: str | None = None,
+        schedule: str = "auto",
+        server_concurrency: int = 64,
+        max_concurrent_env_calls: int = 16,
     ) -> None:
         self.env_factory, self.budgets, self.backend, self.log = (
             env_factory,
@@ -75,7 +87,10 @@ class SearchRollout:
         )
         self.generation_batch_size = generation_batch_size
         self.response_prefix = response_prefix
+        self.schedule, self.server_concurrency = schedule, server_concurrency
+        self.max_concurrent_env_calls = max_concurrent_env_calls
         self._env: Environment | None = None
+        self._server: Any = None
         #: Per-call metrics (lists of floats), drained by the metrics callback into TRL's logs.
         self.metrics: dict[str, list[float]] = defaultdict(list)
         self.__name__ = "ssrl_trl_rollout"
@@ -97,7 +112,15 @@ class SearchRollout:
         sampling = sampling_from_args(trainer.args)
         start = time.perf_counter()
         with self._backend(trainer, tokenizer) as backend:
-            engine = RolloutEngine(backend, env, tokenizer, budgets, response_prefix=self.response_prefix)
+            engine = RolloutEngine(
+                backend,
+                env,
+                tokenizer,
+                budgets,
+                response_prefix=self.response_prefix,
+                schedule=self.schedule,
+                max_concurrent_env_calls=self.max_concurrent_env_calls,
+            )
             trajectories, stats = engine.run(prompt_ids, sampling)
         self._record_metrics(trajectories, stats, time.perf_counter() - start)
         step = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
@@ -107,6 +130,10 @@ class SearchRollout:
     def _backend(self, trainer: Any, tokenizer: Any):
         if self.backend is not None:
             yield self.backend
+            return
+        if getattr(trainer.args, "use_vllm", False):
+            with self._vllm_backend(trainer, tokenizer) as backend:
+                yield backend
             return
         from trl.models.utils import unwrap_model_for_generation
 
@@ -120,6 +147,46 @@ class SearchRollout:
             # sampling ~3x slower in our measurements. Without vLLM, TRL recomputes the log-probs
             # it trains on, so sampling precision does not enter the loss.
             yield HFBackend(model, tokenizer, batch_size=self.generation_batch_size)
+
+    @contextlib.contextmanager
+    def _vllm_backend(self, trainer: Any, tokenizer: Any):
+        args, generation = trainer.args, trainer.vllm_generation
+        if generation.mode == "server":
+            # TRL's main process pushes the weights before rollout_func; the other ranks must not
+            # generate from the server before it has finished.
+            trainer.accelerator.wait_for_everyone()
+            if self._server is None:
+                from .vllm_server import VLLMServerBackend
+
+                base_url = (
+                    args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+                )
+                self._server = VLLMServerBackend(
+                    base_url,
+                    tokenizer,
+                    max_concurrency=self.server_concurrency,
+                    timeout=args.vllm_server_timeout,
+                )
+            yield self._server
+            return
+        if int(getattr(args, "vllm_tensor_parallel_size", 1) or 1) > 1:
+            raise NotImplementedError(
+                "multi-turn rollouts with vllm_tensor_parallel_size > 1 in colocate mode would need every rank of a "
+                "TP group to step one shared engine in lock-step; use tensor_parallel_size=1 per rank or server mode"
+            )
+        from .vllm_backend import VLLMBackend
+
+        sleeping = bool(getattr(args, "vllm_enable_sleep_mode", False))
+        if sleeping:  # the same wake/sleep sequence as TRL's own colocate generation
+            if getattr(generation, "_llm_weights_sleeping", False):
+                generation.sync_weights()
+            generation.llm.wake_up(tags=["kv_cache"])
+        try:
+            yield VLLMBackend(generation.llm, tokenizer)
+        finally:
+            if sleeping:
+                generation.llm.sleep(level=2)
+                generation._llm_weights_sleeping = True
 
     def to_trl(
         self, trajectories: list[Trajectory], tokenizer: Any, prompts: list, step: int
