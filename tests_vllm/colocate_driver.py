@@ -65,8 +65,13 @@ class Probe:
         ):
             recomputed = trainer_logprobs(trainer, model, p + c, len(p), temperature) if c else []
             rec["trajectories"].append(
-                {"prompt_len": len(p), "completion_ids": c, "logprobs": lp, "env_mask": mask,
-                 "trainer_logprobs": recomputed}
+                {
+                    "prompt_len": len(p),
+                    "completion_ids": c,
+                    "logprobs": lp,
+                    "env_mask": mask,
+                    "trainer_logprobs": recomputed,
+                }
             )
         rec["num_searches"] = out.get("num_searches")
         self.records.append(rec)
@@ -95,7 +100,7 @@ def main() -> int:
         "train_loss": result.training_loss,
         "engine_dtype": str(cfg.model_config.dtype),
         "prefix_caching": bool(cfg.cache_config.enable_prefix_caching),
-        "schedule": rollout.schedule,
+        "schedule": rollout.last_schedule,
     }
     with open(a.out, "w") as f:
         json.dump(summary, f)

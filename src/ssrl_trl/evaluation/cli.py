@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "hf", "vllm"),
+        help="generator: vllm (offline engine, or --vllm-url), hf (transformers); auto: vllm if installed",
+    )
+    g.add_argument("--vllm-url", default=None, help="generate with this running vLLM server instead")
+    g.add_argument("--vllm-memory", type=float, default=None, help="vLLM gpu_memory_utilization")
+    g.add_argument("--vllm-max-model-len", type=int, default=None)
     g = p.add_argument_group("data")
     g.add_argument("--datasets", nargs="+", default=["mini"], help="PATH, NAME=PATH, hf:OWNER/NAME or a name")
     g.add_argument("--data-dir", type=Path, default=None, help="where bare names are looked up")
@@ -113,6 +122,10 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         a.temperature = 0.0 if a.n == 1 else 1.0
     if a.n > 1 and a.temperature == 0:
         p.error("--n > 1 with --temperature 0 gives n identical greedy samples; set a temperature")
+    if a.backend == "vllm" and a.gguf_file and not a.vllm_url:
+        p.error("--backend vllm cannot load --gguf-file here: convert it first (ssrl-trl convert-gguf)")
+    if a.backend == "hf" and a.vllm_url:
+        p.error("--vllm-url needs --backend vllm (or auto)")
 
 
 def parse_retriever(spec: str, corpus: str | None = None):
@@ -137,6 +150,17 @@ def parse_retriever(spec: str, corpus: str | None = None):
     return build_retriever(kind, index=rest)
 
 
+def backend_kind(a: argparse.Namespace) -> str:
+    """``hf`` or ``vllm``: ``auto`` picks vLLM when it is installed (and the model is not a GGUF)."""
+    if a.backend != "auto":
+        return a.backend
+    if a.vllm_url:
+        return "vllm"
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None and not a.gguf_file else "hf"
+
+
 def _load(a: argparse.Namespace):
     import torch
 
@@ -148,10 +172,38 @@ def _load(a: argparse.Namespace):
         gguf_file=None if a.tokenizer else a.gguf_file,
         trust_remote_code=a.trust_remote_code,
     )
+    if backend_kind(a) == "vllm":
+        return _load_vllm(a, tok)
     model = load_model(a.model, dtype=a.dtype, gguf_file=a.gguf_file, trust_remote_code=a.trust_remote_code)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     model.to(device).eval()
     return model, tok, HFBackend(model, tok, batch_size=a.batch_size)
+
+
+def _load_vllm(a: argparse.Namespace, tok: Any):
+    """vLLM generates; the HF model is loaded too only where entropy signals need it (hybrid)."""
+    from ..models import load_model
+    from ..rollout import VLLMBackend, VLLMServerBackend
+
+    if a.vllm_url:
+        backend: Any = VLLMServerBackend(a.vllm_url, tok, max_concurrency=max(a.batch_size, 1))
+    else:
+        from ..rollout.vllm_backend import build_llm
+
+        llm = build_llm(
+            a.model,
+            tokenizer=a.tokenizer,
+            dtype=a.dtype,
+            gpu_memory_utilization=a.vllm_memory,
+            max_model_len=a.vllm_max_model_len,
+            seed=a.seed,
+            trust_remote_code=a.trust_remote_code,
+        )
+        backend = VLLMBackend(llm, tok)
+    model = None
+    if a.mode == "hybrid":
+        model = load_model(a.model, dtype="float32", trust_remote_code=a.trust_remote_code).eval()
+    return model, tok, backend
 
 
 def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> list:

@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,7 +147,10 @@ class RolloutEngine:
     async def _run_independent(
         self, episodes: list[_Episode], sampling: SamplingConfig, stats: RolloutStats
     ) -> None:
-        env_slots = asyncio.Semaphore(self.max_concurrent_env_calls)
+        # Own pool: asyncio's default one has min(32, cpus + 4) threads, which on a small machine
+        # would cap concurrent retrievals below max_concurrent_env_calls.
+        pool = ThreadPoolExecutor(self.max_concurrent_env_calls, thread_name_prefix="ssrl-env")
+        loop = asyncio.get_running_loop()
         start = time.perf_counter()
 
         async def episode(ep: _Episode) -> None:
@@ -156,16 +160,16 @@ class RolloutEngine:
                 stats.generated_tokens += len(res.token_ids)
                 self._after_turn(ep, res)
                 if ep.traj.stop_reason is None and ep.pending is not None:
-                    async with env_slots:
-                        t0 = time.perf_counter()
-                        reply = await asyncio.to_thread(self._reply, ep)
-                        stats.environment_s += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    reply = await loop.run_in_executor(pool, self._reply, ep)
+                    stats.environment_s += time.perf_counter() - t0
                     stats.environment_calls += ep.pending.kind == "search"
                     self._apply_reply(ep, reply, stats)
 
         try:
             results = await asyncio.gather(*(episode(ep) for ep in episodes), return_exceptions=True)
         finally:
+            pool.shutdown(wait=False)
             if callable(aclose := getattr(self.backend, "aclose", None)):
                 await aclose()
         stats.generation_s = time.perf_counter() - start

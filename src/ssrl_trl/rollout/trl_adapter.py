@@ -91,6 +91,8 @@ class SearchRollout:
         self.max_concurrent_env_calls = max_concurrent_env_calls
         self._env: Environment | None = None
         self._server: Any = None
+        #: The schedule the engine resolved to on the last call ("independent" on vLLM backends).
+        self.last_schedule: str | None = None
         #: Per-call metrics (lists of floats), drained by the metrics callback into TRL's logs.
         self.metrics: dict[str, list[float]] = defaultdict(list)
         self.__name__ = "ssrl_trl_rollout"
@@ -122,6 +124,7 @@ class SearchRollout:
                 max_concurrent_env_calls=self.max_concurrent_env_calls,
             )
             trajectories, stats = engine.run(prompt_ids, sampling)
+        self.last_schedule = engine.schedule
         self._record_metrics(trajectories, stats, time.perf_counter() - start)
         step = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
         return self.to_trl(trajectories, tokenizer, prompts, step)

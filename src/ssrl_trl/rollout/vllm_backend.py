@@ -25,7 +25,7 @@ from typing import Any
 
 from .backends import GenRequest, GenResult, SamplingConfig, cut_generation
 
-__all__ = ["VLLMBackend", "vllm_sampling_params"]
+__all__ = ["VLLMBackend", "build_llm", "vllm_sampling_params"]
 
 
 def vllm_sampling_params(request: GenRequest, sampling: SamplingConfig) -> Any:
@@ -135,3 +135,38 @@ class VLLMBackend:
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+
+def build_llm(
+    model: str,
+    *,
+    dtype: str = "auto",
+    gpu_memory_utilization: float | None = None,
+    max_model_len: int | None = None,
+    enable_prefix_caching: bool = True,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    tokenizer: str | None = None,
+) -> Any:
+    """An offline ``vllm.LLM`` for evaluation and benchmarks, configured like TRL's colocate engine
+    (processed log-probs). On the CPU build it gets a KV cache that fits next to other work."""
+    import os
+
+    from .vllm_compat import is_vllm_cpu
+
+    cpu = is_vllm_cpu()
+    if cpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from vllm import LLM
+
+    return LLM(
+        model=model,
+        tokenizer=tokenizer,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization or (0.3 if cpu else 0.9),
+        max_model_len=max_model_len,
+        enable_prefix_caching=enable_prefix_caching,
+        logprobs_mode="processed_logprobs",
+        seed=seed,
+        trust_remote_code=trust_remote_code,
+    )
