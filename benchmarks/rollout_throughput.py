@@ -78,12 +78,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "models" / "smollm2-135m-instruct"))
     p.add_argument("--episodes", type=int, default=16)
-    p.add_argument("--turns", type=int, default=4)
-    p.add_argument("--tokens", type=int, default=48, help="tokens per turn")
+    p.add_argument("--turns", type=int, default=3)
+    p.add_argument("--tokens", type=int, default=96, help="tokens per turn")
     p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--obs-tokens", type=int, default=200, help="max tokens of one inserted observation")
     p.add_argument(
-        "--latency", type=float, default=1.0, help="median simulated retrieval latency (s), arm (b)"
-    )
+        "--latency", type=float, nargs="+", default=[1.0, 4.0],
+        help="median simulated retrieval latencies (s) for (b); one lock-step/independent pair each",
+    )  # fmt: skip
     p.add_argument("--index", default=str(ROOT / "indexes" / "mini_wiki_bm25"))
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "corpus" / "mini_wiki.jsonl"))
     p.add_argument("--out", default=str(ROOT / "runs" / "bench" / "rollout_throughput.json"))
@@ -127,8 +129,8 @@ def main() -> int:
     budgets = Budgets(
         max_turns=a.turns,
         max_tokens_per_turn=a.tokens,
-        max_obs_tokens=400,
-        max_completion_tokens=a.turns * (a.tokens + 400),
+        max_obs_tokens=a.obs_tokens,
+        max_completion_tokens=a.turns * (a.tokens + a.obs_tokens),
         answer_reserve_tokens=0,
     )
 
@@ -156,18 +158,30 @@ def main() -> int:
     for llm in (cached, uncached):
         VLLMBackend(llm, tok).generate([GenRequest(prompts[0], 8, ())], sampling)
 
-    r = {}
-    r["single_turn"] = single_turn(cached)
-    r["multi_turn"] = rollout(cached, "independent", 0.0)
-    r["multi_turn_no_prefix_cache"] = rollout(uncached, "independent", 0.0)
-    r["lockstep_latency"] = rollout(cached, "batched", a.latency)
-    r["independent_latency"] = rollout(cached, "independent", a.latency)
+    r: dict[str, dict] = {}
+
+    def measure(name: str, fn, *args) -> dict:
+        v = r[name] = fn(*args)
+        print(
+            f"{name:34s} {v['seconds']:8.2f} {v['generated']:8d} {v.get('inserted', 0):8d} {v['tokens_per_s']:8.1f}",
+            flush=True,
+        )
+        return v
+
+    print(f"{'arm':34s} {'seconds':>8s} {'gen tok':>8s} {'ins tok':>8s} {'tok/s':>8s}", flush=True)
+    single = measure("single_turn", single_turn, cached)
+    multi = measure("multi_turn", rollout, cached, "independent", 0.0)
+    uncached_multi = measure("multi_turn_no_prefix_cache", rollout, uncached, "independent", 0.0)
     ratios = {
-        "a_multi_vs_single_turn": r["multi_turn"]["tokens_per_s"] / r["single_turn"]["tokens_per_s"],
-        "b_independent_vs_lockstep": r["lockstep_latency"]["seconds"] / r["independent_latency"]["seconds"],
-        "c_prefix_cache_on_vs_off": r["multi_turn"]["tokens_per_s"]
-        / r["multi_turn_no_prefix_cache"]["tokens_per_s"],
+        "a_multi_vs_single_turn": multi["tokens_per_s"] / single["tokens_per_s"],
+        "c_prefix_cache_on_vs_off": multi["tokens_per_s"] / uncached_multi["tokens_per_s"],
     }
+    targets: dict[str, float | None] = {"a_multi_vs_single_turn": 0.8, "c_prefix_cache_on_vs_off": None}
+    for latency in a.latency:
+        lock = measure(f"lockstep_latency_{latency:g}s", rollout, cached, "batched", latency)
+        ind = measure(f"independent_latency_{latency:g}s", rollout, cached, "independent", latency)
+        ratios[f"b_independent_vs_lockstep_{latency:g}s"] = lock["seconds"] / ind["seconds"]
+        targets[f"b_independent_vs_lockstep_{latency:g}s"] = 1.5
     import vllm
 
     meta = {
@@ -176,21 +190,11 @@ def main() -> int:
         "episodes": a.episodes,
         "turns": a.turns,
         "tokens_per_turn": a.tokens,
-        "latency_median_s": a.latency,
+        "latency_medians_s": a.latency,
         "engine_startup_s": round(startup, 1),
         "cpu_count": os.cpu_count(),
     }
     print(f"\nrollout throughput — {meta}")
-    print(f"{'arm':34s} {'seconds':>8s} {'gen tok':>8s} {'ins tok':>8s} {'tok/s':>8s}")
-    for name, v in r.items():
-        print(
-            f"{name:34s} {v['seconds']:8.2f} {v['generated']:8d} {v.get('inserted', 0):8d} {v['tokens_per_s']:8.1f}"
-        )
-    targets = {
-        "a_multi_vs_single_turn": 0.8,
-        "b_independent_vs_lockstep": 1.5,
-        "c_prefix_cache_on_vs_off": None,
-    }
     for name, value in ratios.items():
         target = targets[name]
         verdict = ""

