@@ -40,12 +40,12 @@ test: $(STAMP) $(CHROMIUM)
 
 ## lint: ruff lint + format check
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests rewards benchmarks
-	$(VENV)/bin/ruff format --check src tests rewards benchmarks
+	$(VENV)/bin/ruff check src tests tests_vllm rewards benchmarks
+	$(VENV)/bin/ruff format --check src tests tests_vllm rewards benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix src tests rewards benchmarks
-	$(VENV)/bin/ruff format src tests rewards benchmarks
+	$(VENV)/bin/ruff check --fix src tests tests_vllm rewards benchmarks
+	$(VENV)/bin/ruff format src tests tests_vllm rewards benchmarks
 
 # Retrieval over the mini corpus (the index goes to the gitignored indexes/ and is built once).
 MINI_CORPUS ?= ../shared/data/corpus/mini_wiki.jsonl
