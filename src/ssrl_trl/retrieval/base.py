@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Doc", "Retriever", "RetrieverError", "split_contents"]
+__all__ = ["Doc", "Retriever", "RetrieverError", "check_k", "split_contents"]
 
 
 class RetrieverError(RuntimeError):
@@ -33,6 +33,13 @@ class Doc:
     @property
     def text(self) -> str:
         return split_contents(self.contents)[1]
+
+
+def check_k(k: int, size: int | None = None) -> int:
+    """Every retriever's ``k`` rule: at least 1 (a clear error otherwise), at most ``size`` passages."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k if size is None else min(k, size)
 
 
 def split_contents(contents: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .base import Doc
+from .base import Doc, check_k
 from .corpus import DocStore, read_index_meta, write_index_meta
 
 __all__ = ["BM25Index", "BM25Retriever"]
@@ -115,11 +115,9 @@ class BM25Index:
         """Top ``k`` passages per query; passages sharing no term with the query are left out."""
         import bm25s
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k, len(self.store))
         if not queries:
             return []
-        k = min(k, len(self.store))
         with self._lock:
             tokens = bm25s.tokenize(
                 list(queries),

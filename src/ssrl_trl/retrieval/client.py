@@ -19,7 +19,7 @@ import random
 import time
 from typing import Any, Literal
 
-from .base import Doc, RetrieverError
+from .base import Doc, RetrieverError, check_k
 
 __all__ = ["HTTPRetriever"]
 
@@ -78,8 +78,7 @@ class HTTPRetriever:
         )
 
     def search(self, queries: list[str], k: int) -> list[list[Doc]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         results: list[list[Doc]] = []
         for start in range(0, len(queries), self.max_batch):
             batch = list(queries[start : start + self.max_batch])

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from .base import Doc
+from .base import Doc, check_k
 from .corpus import DocStore, read_index_meta, write_index_meta
 
 __all__ = [
@@ -248,11 +248,9 @@ class DenseIndex:
         """Top ``k`` passages per query by cosine similarity (inner product of normalised vectors)."""
         import numpy as np
 
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        k = check_k(k, len(self.store))
         if not queries:
             return []
-        k = min(k, len(self.store))
         with self._lock:
             vecs = self.encoder.encode(
                 [self.query_prefix + q for q in queries],

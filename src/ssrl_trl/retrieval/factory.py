@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .base import Doc, Retriever
+from .base import Doc, Retriever, check_k
 
 __all__ = ["RETRIEVER_KINDS", "InMemoryRetriever", "build_retriever", "load_retriever"]
 
@@ -42,8 +42,7 @@ class InMemoryRetriever:
         self._tokens = [set(_TOKEN.findall(d.contents.lower())) for d in self.docs]
 
     def search(self, queries: list[str], k: int) -> list[list[Doc]]:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         results = []
         for query in queries:
             words = set(_TOKEN.findall(query.lower()))

@@ -26,6 +26,7 @@ __all__ = [
     "SamplingConfig",
     "ScriptedBackend",
     "cut_generation",
+    "resolve_eos_ids",
 ]
 
 FinishReason = Literal["stop", "eos", "length"]
@@ -74,6 +75,12 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]: ...
 
 
+def resolve_eos_ids(tokenizer: Any, eos_token_ids: Sequence[int] | None = None) -> list[int]:
+    """The token ids that end a generation: the given ones, else the tokenizer's EOS (if any)."""
+    eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
+    return [e for e in eos if e is not None]
+
+
 def cut_generation(
     tokenizer: Any,
     token_ids: list[int],
@@ -115,8 +122,7 @@ class HFBackend:
         self, model: Any, tokenizer: Any, *, batch_size: int = 64, eos_token_ids: Sequence[int] | None = None
     ):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self.eos_token_ids = [e for e in eos if e is not None]
+        self.eos_token_ids = resolve_eos_ids(tokenizer, eos_token_ids)
         self.pad_token_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
         )
@@ -198,7 +204,7 @@ class ScriptedBackend:
     def __init__(self, tokenizer: Any, script: Callable[[list[int], int], str], *, logprob: float = -1.0):
         self.tokenizer, self.script, self.logprob = tokenizer, script, logprob
         self.calls = 0
-        self.eos_token_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.eos_token_ids = resolve_eos_ids(tokenizer)
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         out = []

@@ -100,14 +100,14 @@ class RolloutEngine:
         max_concurrent_env_calls: int = 16,
     ) -> None:
         self.backend, self.env, self.tokenizer = backend, env, tokenizer
+        if schedule not in ("auto", "independent", "batched"):
+            raise ValueError(f"schedule must be 'auto', 'independent' or 'batched', got {schedule!r}")
         can_stream = callable(getattr(backend, "agenerate", None))
         if schedule == "independent" and not can_stream:
             raise ValueError(f"{type(backend).__name__} has no agenerate(): use schedule='batched'")
-        if schedule not in ("auto", "independent", "batched"):
-            raise ValueError(f"schedule must be 'auto', 'independent' or 'batched', got {schedule!r}")
-        self.schedule = "independent" if schedule == "auto" and can_stream else schedule
-        if self.schedule == "auto":
-            self.schedule = "batched"
+        if schedule == "auto":
+            schedule = "independent" if can_stream else "batched"
+        self.schedule = schedule
         self.max_concurrent_env_calls = max(1, int(max_concurrent_env_calls))
         # Forced opening of every answer (e.g. "<think>"): inserted, so masked, but part of the
         # text the rewards and the parser see — a small model then starts inside the format.
@@ -256,14 +256,14 @@ class RolloutEngine:
             replies.update({id(ep): obs for ep, obs in zip(searches, observations, strict=True)})
         for ep in waiting:
             if ep.pending.kind != "search":
-                ep.traj.invalid_actions += 1
-                replies[id(ep)] = self.env.correction(ep.pending, self._obs_budget(ep.traj))
+                replies[id(ep)] = self._reply(ep)
         stats.environment_s += time.perf_counter() - start
         for ep in waiting:
             self._apply_reply(ep, replies[id(ep)], stats)
 
     def _reply(self, ep: _Episode) -> Observation | None:
-        """The environment's reply to one episode's pending action (independent scheduler)."""
+        """The environment's reply to one episode's pending action: documents for a search, a
+        correction for an invalid turn (the batched loop sends searches together instead)."""
         if ep.pending.kind == "search":
             return self.env.observe([ep.pending], [self._obs_budget(ep.traj)])[0]
         ep.traj.invalid_actions += 1

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import GenRequest, GenResult, SamplingConfig, cut_generation
+from .backends import GenRequest, GenResult, SamplingConfig, cut_generation, resolve_eos_ids
 
 __all__ = ["VLLMBackend", "build_llm", "vllm_sampling_params"]
 
@@ -70,8 +70,7 @@ class VLLMBackend:
 
     def __init__(self, llm: Any, tokenizer: Any, *, eos_token_ids: Sequence[int] | None = None) -> None:
         self.llm, self.tokenizer = llm, tokenizer
-        eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self.eos_token_ids = [e for e in eos if e is not None]
+        self.eos_token_ids = resolve_eos_ids(tokenizer, eos_token_ids)
         self._ids = itertools.count()
         self._waiting: dict[str, asyncio.Future] = {}
         self._pump: asyncio.Task | None = None

@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import GenRequest, GenResult, SamplingConfig, cut_generation
+from .backends import GenRequest, GenResult, SamplingConfig, cut_generation, resolve_eos_ids
 
 __all__ = ["VLLMServerBackend", "VLLMServerError"]
 
@@ -52,8 +52,7 @@ class VLLMServerBackend:
         self.base_url = base_url.rstrip("/")
         self.tokenizer, self.model = tokenizer, model
         self.max_concurrency, self.timeout, self.retries = max_concurrency, timeout, retries
-        eos = eos_token_ids if eos_token_ids is not None else [tokenizer.eos_token_id]
-        self.eos_token_ids = [e for e in eos if e is not None]
+        self.eos_token_ids = resolve_eos_ids(tokenizer, eos_token_ids)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._slots: asyncio.Semaphore | None = None
