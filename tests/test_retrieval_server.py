@@ -84,8 +84,11 @@ def test_r1_searcher_schema(http: httpx.Client, retriever: BM25Retriever) -> Non
 
 
 def test_health(http: httpx.Client) -> None:
-    body = http.get("/health").json()
-    assert body["status"] == "ok" and "BM25Retriever" in body["retriever"]
+    resp = http.get("/health")
+    body = resp.json()
+    assert resp.status_code == 200 and body["status"] == "ok"
+    assert "BM25Retriever" in body["retriever"]["name"] and body["retriever"]["last_error"] is None
+    assert body["batcher"]["running"] is True and body["batcher"]["search_calls"] == body["search_calls"]
 
 
 BAD_BODIES = {
@@ -232,3 +235,81 @@ def test_serve_retriever_cli(bm25_dir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_queries_times_topk_is_capped_with_413() -> None:
+    app = create_app(
+        InMemoryRetriever([f'"T{i}"\nword{i}' for i in range(50)]), ServerLimits(max_results=100)
+    )
+    with running_server(app) as base, httpx.Client(base_url=base) as client:
+        resp = client.post("/retrieve", json={"queries": ["word1"] * 10, "topk": 20})
+        assert resp.status_code == 413
+        assert resp.json()["detail"] == (
+            "request asks for 10 queries x topk 20 = 200 results; the limit is 100 per request: "
+            "split it or lower topk"
+        )
+        assert client.post("/queries", json={"queries": ["word1"] * 10, "k": 10}).status_code == 200
+
+
+def test_an_oversized_answer_is_refused_with_413() -> None:
+    docs = [f'"T{i}"\nword ' + "x" * 2000 for i in range(10)]
+    app = create_app(InMemoryRetriever(docs), ServerLimits(max_response_bytes=20_000))
+    with running_server(app) as base, httpx.Client(base_url=base) as client:
+        resp = client.post("/retrieve", json={"queries": ["word"] * 5, "topk": 3})
+        assert resp.status_code == 413 and "over the limit of" in resp.json()["detail"]
+        assert client.post("/retrieve", json={"queries": ["word"], "topk": 2}).status_code == 200
+
+
+def test_health_degrades_when_the_document_store_is_truncated_under_the_server(tmp_path: Path) -> None:
+    BM25Index.build(iter_corpus(CORPUS, limit=200), tmp_path / "idx", show_progress=False)
+    retriever = BM25Retriever.load(tmp_path / "idx")
+    with running_server(create_app(retriever)) as base, httpx.Client(base_url=base) as client:
+        query = {"queries": ["history of the roman empire"], "topk": 3}
+        assert client.post("/retrieve", json=query).status_code == 200
+        assert client.get("/health").json()["retriever"]["status"] == "ok"
+        (tmp_path / "idx" / "docs.jsonl").write_bytes(b"")  # the store truncated under the server
+        assert client.post("/retrieve", json=query).status_code == 500
+        resp = client.get("/health")
+        body = resp.json()
+        assert resp.status_code == 503 and body["status"] == "degraded"
+        assert (
+            body["retriever"]["status"] == "failing" and "JSONDecodeError" in body["retriever"]["last_error"]
+        )
+        assert body["retriever"]["failures_in_a_row"] == 1 and body["batcher"]["failed_calls"] == 1
+
+
+def test_health_probe_finds_a_broken_retriever_before_any_request() -> None:
+    retriever = CountingRetriever(['"A"\nalpha'], delay=0, fail=True)
+    with running_server(create_app(retriever)) as base, httpx.Client(base_url=base) as client:
+        assert client.get("/health").json()["retriever"]["status"] == "unused"
+        resp = client.get("/health", params={"probe": "true"})
+        assert resp.status_code == 503 and "index file vanished" in resp.json()["retriever"]["probe_error"]
+        retriever.fail = False
+        assert client.get("/health", params={"probe": "true"}).json()["status"] == "ok"
+
+
+def test_a_client_gone_mid_upload_is_one_log_line_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="ssrl_trl.retrieval.server")
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = errors.append  # type: ignore[method-assign]
+    with running_server(create_app(InMemoryRetriever(['"A"\nalpha']))) as base:
+        logging.getLogger("uvicorn.error").addHandler(handler)  # after uvicorn configured its logging
+        host, port = base.removeprefix("http://").split(":")
+        body = json.dumps({"queries": ["alpha"] * 2000}).encode()
+        head = f"POST /retrieve HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        for _ in range(3):
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(head + body[: len(body) // 2])
+                time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while len([r for r in caplog.records if "disconnected" in r.getMessage()]) < 3:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+        assert httpx.get(base + "/health").status_code == 200
+    logging.getLogger("uvicorn.error").removeHandler(handler)
+    gone = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(gone) == 3 and all("while sending its request" in r.getMessage() for r in gone)
+    assert not [r for r in errors + caplog.records if r.exc_info], [r.getMessage() for r in errors]

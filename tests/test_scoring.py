@@ -188,3 +188,54 @@ def test_f1_matches_flashrag_reference_on_a_hand_computed_case():
     assert f1("Barack Obama was the president", "Obama") == pytest.approx(0.4)
     # best over golden: [barack obama] vs pred -> P=2/4, R=1 -> 2/3
     assert f1("Barack Obama was the president", ["Obama", "Barack Obama"]) == pytest.approx(2 / 3)
+
+
+def _flashrag_normalize_answer(s):
+    """FlashRAG's ``normalize_answer`` (flashrag/evaluator/utils.py), verbatim: the reference."""
+    import re
+    import string
+
+    def remove_articles(text):
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text):
+        return " ".join(text.split())
+
+    def remove_punc(text):
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    def lower(text):
+        return text.lower()
+
+    return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+# Word boundaries where the `regex` module and the standard `re` disagree: combining marks,
+# superscript / fraction digits, zero-width (non-)joiners; and some where they agree.
+UNICODE_BOUNDARIES = [
+    "Se\u0301an",  # combining acute accent before "an"
+    "an\u0301",  # combining mark after "an"
+    "\u00b2an",  # superscript two
+    "x\u00b3the y",  # superscript three
+    "\u00bdan apple",  # vulgar fraction
+    "a\u200dthe",  # zero-width joiner
+    "the\u200d",
+    "a\u200cb an",  # zero-width non-joiner
+    "\u2167an",  # roman numeral eight
+    "ca\u0301the\u0301dral a",
+    "the\u00a0cat",  # no-break space
+    "Beyoncé the singer",
+]
+
+
+@pytest.mark.parametrize("text", UNICODE_BOUNDARIES)
+def test_normalisation_matches_flashrag_on_unicode_word_boundaries(text):
+    assert normalize_answer(text) == _flashrag_normalize_answer(text)
+
+
+def test_em_agrees_with_flashrag_where_the_regex_module_did_not():
+    assert em("Se\u0301an", ["Se\u0301"]) == 1.0  # FlashRAG: "an" after a combining mark is a word
+    assert normalize_answer("a\u200dthe") == _flashrag_normalize_answer("a\u200dthe")
+    # ...and the other way: for `re` a superscript digit is a word character, so "the" stays.
+    assert em("x\u00b3the", ["x\u00b3"]) == 0.0 and em("\u00b2an", ["\u00b2"]) == 0.0

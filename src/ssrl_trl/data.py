@@ -178,7 +178,12 @@ def prepare_data_main(argv: list[str]) -> int:
         path, _, weight = (
             spec.rpartition(":") if spec.rsplit(":", 1)[-1].replace(".", "").isdigit() else (spec, "", "1")
         )
-        groups.append((load_source(Source(path)), float(weight)))
+        try:
+            groups.append((load_source(Source(path)), float(weight)))
+        except (ValueError, KeyError) as exc:  # malformed rows: the user's file, shown as one error line
+            from .errors import UserError
+
+            raise UserError(f"--source {spec}: {exc.args[0] if exc.args else exc}") from None
     items = mix_sources(groups, args.total, args.seed)
     rows = build_prompt_rows(items, load_template(args.template), get_tag_set(args.tags))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .paths import check_subfolder, inside
+
 __all__ = [
     "DropGuard",
     "EntropyGuard",
@@ -335,7 +337,8 @@ class HealthyCheckpoints(TrainerCallback):
     def __init__(self, keep: int = 2, dirname: str = "healthy", state: HealthState | None = None) -> None:
         if keep < 1:
             raise ValueError(f"health.healthy_checkpoints.keep must be >= 1, got {keep}")
-        self.keep, self.dirname = int(keep), dirname
+        # The folder is pruned below: "", ".", ".." or an absolute path would prune real checkpoints.
+        self.keep, self.dirname = int(keep), check_subfolder("health.healthy_checkpoints.dirname", dirname)
         self.health = state or HealthState()
 
     def on_save(self, args, state, control, **kwargs):
@@ -345,6 +348,11 @@ class HealthyCheckpoints(TrainerCallback):
         if not source.is_dir():
             return
         root = Path(args.output_dir) / self.dirname
+        if not inside(args.output_dir, root):  # e.g. a symbolic link pointing out of output_dir
+            print(
+                f"{PREFIX} not keeping healthy checkpoints: {root} is outside {args.output_dir}", flush=True
+            )
+            return
         target = root / source.name
         if target.exists():
             shutil.rmtree(target)

@@ -41,7 +41,12 @@ def load_tokenizer(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except OSError as exc:  # no such folder / hub id, or missing files: the user's path, not a bug
+        from .errors import UserError
+
+        raise UserError(f"cannot load a tokenizer from {name_or_path!r}: {exc}") from exc
     if chat_template:
         tok.chat_template = Path(chat_template).read_text(encoding="utf-8")
     if tok.pad_token is None:

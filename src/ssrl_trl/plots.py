@@ -19,10 +19,13 @@ _SERIES = [
 
 def load_history(run_dir: str | Path) -> list[dict]:
     """TRL's log history of a run: from the newest checkpoint's trainer_state.json, or the run's."""
+    from .checkpoints import checkpoint_problem
+
     run = Path(run_dir)
     candidates = sorted(
-        run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[-1])
-    )
+        (p for p in run.glob("checkpoint-*/trainer_state.json") if checkpoint_problem(p.parent) is None),
+        key=lambda p: int(p.parent.name.split("-")[-1]),
+    )  # a checkpoint cut off mid-save has no (or a partial) trainer_state.json: skipped
     state = run / "trainer_state.json"
     path = state if state.is_file() else (candidates[-1] if candidates else None)
     if path is None:

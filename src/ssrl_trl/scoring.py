@@ -3,16 +3,20 @@
 Training rewards and the evaluation tool both score through this module, so a training EM and
 an evaluation EM can never disagree. The normalisation is the SQuAD convention FlashRAG uses:
 lowercase, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
+
+The articles are removed with the standard library's ``re``, exactly as FlashRAG's
+``normalize_answer`` does: the third-party ``regex`` module draws word boundaries differently
+around combining marks, superscript digits and zero-width joiners (it counts them as word
+characters), so ``"Se\\u0301an"`` would keep its ``an`` there and lose it in FlashRAG.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
-
-import regex
 
 __all__ = [
     "as_golden_list",
@@ -23,7 +27,7 @@ __all__ = [
     "score_answer",
 ]
 
-_ARTICLES = regex.compile(r"\b(a|an|the)\b")
+_ARTICLES = re.compile(r"\b(a|an|the)\b")  # FlashRAG: re.sub(r"\b(a|an|the)\b", " ", text)
 _PUNCT = str.maketrans("", "", string.punctuation)
 _SPECIAL_F1 = ("yes", "no", "noanswer")
 

@@ -20,6 +20,7 @@ untrusted. No server, no external assets.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections import OrderedDict
@@ -27,7 +28,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_records", "main", "render"]
+from .jsonl import BadLine, read_jsonl
+
+__all__ = ["load_records", "main", "record_problem", "render"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0 1.5em 3em;color:#1d232a;background:#fafafa}
@@ -77,17 +80,60 @@ _FILTERS = (
 )
 
 
-def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """The rollout log's records, in file order (blank lines skipped; a bad line is an error)."""
-    records = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
-    return records
+def load_records(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
+    """The rollout log's drawable records in file order, and the lines skipped with the reason.
+
+    A log being written (or cut off by a kill) ends in a torn line, and one bad record should
+    not hide thousands of good ones: lines that are not JSON objects and records whose fields
+    cannot be drawn are skipped and listed; only an unreadable file is an error.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+    content = read_jsonl(path, strict=False)
+    records, skipped = [], list(content.bad)
+    if content.torn_line is not None:
+        skipped.append(BadLine(content.torn_line, "torn last line (an unfinished write)"))
+    for number, rec in zip(content.line_numbers, content.records, strict=True):
+        problem = record_problem(rec)
+        if problem is None:
+            records.append(rec)
+        else:
+            skipped.append(BadLine(number, problem))
+    return records, sorted(skipped, key=lambda b: b.line)
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def record_problem(rec: dict[str, Any]) -> str | None:
+    """Why a rollout-log record cannot be drawn (wrong field types), or ``None``."""
+    if not isinstance(rec.get("step"), int | float | str | type(None)):
+        return f"step is a {type(rec['step']).__name__}, not a number"
+    ids, mask = rec.get("completion_ids", []), rec.get("env_mask", [])
+    if ids is not None and not _int_list(ids):
+        return "completion_ids is not a list of integers"
+    if mask is not None and not (_int_list(mask) and set(mask) <= {0, 1}):
+        return "env_mask is not a list of 0/1"
+    rewards = rec.get("rewards", {})
+    if rewards is not None and not (
+        isinstance(rewards, dict) and all(isinstance(v, int | float | type(None)) for v in rewards.values())
+    ):
+        return "rewards is not a mapping of names to numbers"
+    segments = rec.get("segments", [])
+    if segments is None:
+        return None
+    if not isinstance(segments, list):
+        return "segments is not a list"
+    n = len(ids or [])
+    for k, seg in enumerate(segments):
+        if not isinstance(seg, dict) or not _int_list([seg.get("start"), seg.get("end")]):
+            return f"segment {k} has no integer start/end"
+        if not 0 <= seg["start"] <= seg["end"] <= n:
+            return f"segment {k} [{seg['start']}, {seg['end']}) lies outside the {n} tokens"
+        if not isinstance(seg.get("text"), str | type(None)):
+            return f"segment {k} text is not a string"
+    return None
 
 
 def _runs(mask: list[int], start: int, end: int) -> list[tuple[int, int, int]]:
@@ -215,10 +261,12 @@ def render(
     title: str = "rollouts",
     correct_reward: str | None = None,
     correct_threshold: float = 0.5,
+    skipped: list[BadLine] | None = None,
 ) -> str:
     """The HTML page for ``records`` (rollout-log dicts). ``tokenizer`` (anything with
     ``decode``) gives per-token spans; ``correct_reward`` names the reward that decides
-    correct/incorrect (default: each record's first reward, the recipe's outcome reward)."""
+    correct/incorrect (default: each record's first reward, the recipe's outcome reward);
+    ``skipped`` lines of the log are listed at the top."""
     from .rollout.detok import token_texts
 
     steps: OrderedDict[Any, OrderedDict[str, list]] = OrderedDict()
@@ -263,7 +311,18 @@ def render(
         '<p class="legend"><span class="m1">sampled (trained)</span><span class="m0 self">masked: '
         'self-written information</span><span class="m0 inserted">masked: inserted by the environment</span>'
         '<span class="badge" style="background:#8a6bbf;color:#fff">n: kind</span> segment / turn boundary</p>'
+        f"{_skipped_html(skipped or [])}"
         f'<div class="filters">{buttons}</div>' + "".join(parts) + f"<script>{_JS}</script></body></html>\n"
+    )
+
+
+def _skipped_html(skipped: list[BadLine]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f"<li>line {b.line}: {escape(b.reason)}</li>" for b in skipped)
+    return (
+        f'<details class="skipped warn" open><summary>{len(skipped)} line(s) of the log skipped</summary>'
+        f"<ul>{items}</ul></details>"
     )
 
 
@@ -286,10 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="*", help="only these steps")
     args = parser.parse_args(argv)
     try:
-        records = load_records(args.log)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        records, skipped = load_records(args.log)
+    except OSError as exc:
+        print(f"error: cannot read {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    for bad in skipped[:20]:
+        print(f"skipped {args.log}:{bad.line}: {bad.reason}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"skipped {len(skipped) - 20} more lines (listed in the page)", file=sys.stderr)
     if args.steps:
         records = [r for r in records if r.get("step") in set(args.steps)]
     tokenizer = None
@@ -304,9 +367,10 @@ def main(argv: list[str] | None = None) -> int:
         title=f"ssrl-trl rollouts: {Path(args.log).name}",
         correct_reward=args.correct_reward,
         correct_threshold=args.correct_threshold,
+        skipped=skipped,
     )
     out.write_text(html, encoding="utf-8")
-    print(f"wrote {out} ({len(records)} trajectories)")
+    print(f"wrote {out} ({len(records)} trajectories, {len(skipped)} lines skipped)")
     return 0
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from .corpus import INDEX_META, iter_corpus
 
 __all__ = ["main"]
@@ -78,8 +79,19 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         shutil.rmtree(out)
+    start, existed = time.perf_counter(), out.exists()  # an existing --out is empty here
+    try:
+        index = _build(args, out)
+    except (ValueError, FileNotFoundError) as exc:  # a missing, empty or malformed corpus; bad options
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)  # no half-built index left behind
+        raise UserError(f"--corpus {args.corpus}: {exc}") from None
+    print(f"built {args.kind} index of {len(index)} passages in {out} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def _build(args: argparse.Namespace, out: Path):
     records = iter_corpus(args.corpus, limit=args.limit)
-    start = time.perf_counter()
     if args.kind == "bm25":
         from .bm25 import BM25Index
 
@@ -111,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             show_progress=not args.quiet,
         )
-    print(f"built {args.kind} index of {len(index)} passages in {out} ({time.perf_counter() - start:.1f}s)")
-    return 0
+    return index
 
 
 if __name__ == "__main__":
