@@ -155,7 +155,7 @@ def test_a_bug_in_the_retriever_is_not_swallowed(tokenizer):
         _engine(tokenizer, env, ["<search>q</search>"], max_completion_tokens=300).run([[1]])
 
 
-def test_turn_budget_ends_with_max_turns_and_last_turn_cannot_search(tokenizer):
+def test_the_last_turn_also_stops_at_a_search_and_then_ends_without_an_answer(tokenizer):
     env = RetrievalEnv(EchoRetriever(), tokenizer)
     seen_stops = []
     backend = ScriptedBackend(tokenizer, lambda _p, i: "<search>again</search> more text")
@@ -169,8 +169,10 @@ def test_turn_budget_ends_with_max_turns_and_last_turn_cannot_search(tokenizer):
     traj = RolloutEngine(backend, env, tokenizer, Budgets(max_turns=3, max_completion_tokens=1000)).run(
         [[1]]
     )[0][0]
-    assert traj.stop_reason == "max_turns" and traj.truncated and traj.num_searches == 2
-    assert seen_stops[-1] == ("</answer>",) and "</search>" in seen_stops[0]
+    # Two searches were answered; the third turn searched too, and no reply can come after it.
+    assert traj.stop_reason == "no_answer" and traj.num_searches == 2 and traj.answer is None
+    assert all("</search>" in stops for stops in seen_stops) and len(seen_stops) == 3
+    assert traj.completion_ids[-1] != tokenizer.eos_token_id
 
 
 def test_total_budget_is_never_exceeded_and_leaves_room_to_answer(tokenizer):
@@ -284,14 +286,23 @@ def test_random_tag_soup_keeps_the_contract(tokenizer, turn_fragments, self_sear
     traj = engine.run([[1, 2]])[0][0]
     _check_contract(traj, tokenizer, budget)
     if self_search:
-        texts = token_texts(tokenizer, traj.completion_ids)
-        inside = find_spans(texts.text, SSRL.information, include_unclosed=True)
-        for (s, e), m, tok_id in zip(texts.offsets, traj.env_mask, traj.completion_ids, strict=True):
-            bounds = [(sp.start, sp.end) if mask_tags else (sp.inner_start, sp.inner_end) for sp in inside]
-            overlaps = any(s < hi and e > lo for lo, hi in bounds if hi > lo)
+        # The oracle works on bytes: a token is masked iff it contributes bytes to a block (its
+        # content, or the whole block with mask_tags), whatever its own text decodes to.
+        from test_self_search_mask import _token_bytes
+
+        text = token_texts(tokenizer, traj.completion_ids).text
+        inside = find_spans(text, SSRL.information, include_unclosed=True)
+        bounds = [(sp.start, sp.end) if mask_tags else (sp.inner_start, sp.inner_end) for sp in inside]
+        byte_bounds = [(len(text[:lo].encode()), len(text[:hi].encode())) for lo, hi in bounds if hi > lo]
+        pos = 0
+        for b, m, tok_id in zip(
+            _token_bytes(tokenizer, traj.completion_ids), traj.env_mask, traj.completion_ids, strict=True
+        ):
+            start, pos = pos, pos + len(b)
             if tok_id == tokenizer.eos_token_id:
                 continue
-            assert m == (0 if overlaps else 1), (texts.text, s, e)
+            overlaps = any(start < hi and pos > lo for lo, hi in byte_bounds)
+            assert m == (0 if overlaps else 1), (text, start, pos)
 
 
 def test_seeded_random_token_streams_keep_the_contract(tokenizer):

@@ -76,6 +76,17 @@ class _Reward:
             raise ValueError(f"{self.__name__}: {len(golden)} golden answers for {n} completions")
         return list(golden)
 
+    def _answers(self, kwargs: dict, texts: list[str]) -> list[str | None]:
+        """The answer of each completion: the one the ssrl-trl rollout recorded (``final_answer``,
+        parsed from the model's own final turn, ``None`` when it did not answer), so the reward
+        scores what evaluation scores; without the rollout, the last answer block of the text."""
+        given = kwargs.get("final_answer")
+        if given is not None:
+            if len(given) != len(texts):
+                raise ValueError(f"{self.__name__}: {len(given)} final answers for {len(texts)} completions")
+            return [None if a is None else str(a) for a in given]
+        return [extract_answer(t, self.tags) for t in texts]
+
     def _num_searches(self, kwargs: dict, texts: list[str]) -> list[int]:
         given = kwargs.get("num_searches")
         if given is not None and len(given) == len(texts):
@@ -110,7 +121,7 @@ class SSRLReward(_Reward):
 
     def score(self, texts, kwargs):
         golden = self._golden(kwargs, len(texts))
-        ems = [em(extract_answer(t, self.tags), g) for t, g in zip(texts, golden, strict=True)]
+        ems = [em(a, g) for a, g in zip(self._answers(kwargs, texts), golden, strict=True)]
         fmts = [ssrl_format_score(t, self.tags, max_think=self.max_think) for t in texts]
         self._log(kwargs, em=ems, format=fmts, searches=self._num_searches(kwargs, texts))
         return [self.em_weight * e + self.format_weight * f for e, f in zip(ems, fmts, strict=True)]
@@ -123,7 +134,7 @@ class SearchR1EMReward(_Reward):
 
     def score(self, texts, kwargs):
         golden = self._golden(kwargs, len(texts))
-        ems = [em(extract_answer(t, self.tags), g) for t, g in zip(texts, golden, strict=True)]
+        ems = [em(a, g) for a, g in zip(self._answers(kwargs, texts), golden, strict=True)]
         self._log(kwargs, em=ems, searches=self._num_searches(kwargs, texts))
         return ems
 
@@ -154,8 +165,7 @@ class SearchR1FormatReward(_Reward):
         golden = self._golden(kwargs, len(texts))
         correct_format, correct, format_only, parsable, fail = self.values
         out, ems, fmts = [], [], []
-        for text, gold in zip(texts, golden, strict=True):
-            answer = extract_answer(text, self.tags)
+        for text, gold, answer in zip(texts, golden, self._answers(kwargs, texts), strict=True):
             hit = em(answer, gold) == 1.0
             ok = search_r1_format_valid(text, self.tags)
             ems.append(float(hit))
@@ -195,7 +205,7 @@ class R1SearcherStage1Reward(_Reward):
         golden = self._golden(kwargs, len(texts))
         searches = self._num_searches(kwargs, texts)
         fmts = [float(r1_searcher_format_valid(t, self.tags)) for t in texts]
-        f1s = [f1(extract_answer(t, self.tags), g) for t, g in zip(texts, golden, strict=True)]
+        f1s = [f1(a, g) for a, g in zip(self._answers(kwargs, texts), golden, strict=True)]
         self._log(kwargs, f1=f1s, format=fmts, searches=searches)
         return [
             self.retrieval_bonus * (n > 0) + self.format_bonus * fm + self.answer_weight * s
@@ -216,7 +226,7 @@ class R1SearcherStage2Reward(_Reward):
     def score(self, texts, kwargs):
         golden = self._golden(kwargs, len(texts))
         fmts = [r1_searcher_format_valid(t, self.tags) for t in texts]
-        f1s = [f1(extract_answer(t, self.tags), g) for t, g in zip(texts, golden, strict=True)]
+        f1s = [f1(a, g) for a, g in zip(self._answers(kwargs, texts), golden, strict=True)]
         self._log(kwargs, f1=f1s, format=[float(x) for x in fmts], searches=self._num_searches(kwargs, texts))
         return [s if ok else self.format_penalty for s, ok in zip(f1s, fmts, strict=True)]
 

@@ -63,8 +63,10 @@ class RetrievalEnv:
         self.total_failures = 0
 
     def stop_strings(self, last_turn: bool) -> list[str]:
-        # On the last turn no reply can come, so do not pause at a search: the model must answer.
-        return self.tags.stop_on_answer if last_turn else self.tags.stop_on_search
+        # Every turn, the last included, ends at the first closing search tag (Search-R1's loop): a
+        # last turn that searches ends without an answer instead of letting the model write its own
+        # documents and an answer the retriever never backed.
+        return self.tags.stop_on_search
 
     def parse(self, turn_text: str) -> Action:
         return parse_action(turn_text, self.tags)

@@ -43,10 +43,33 @@ class SelfSearchEnv:
         searches = find_spans(texts.text, self.tags.search)
         traj.num_searches = len(searches)
         traj.queries = [" ".join(sp.content(texts.text).split()) for sp in searches]
+        # The hook sees all model text since the last reply, so the mask of that whole range is
+        # recomputed: a block that was still open (or a closing tag only half written) at the end
+        # of an earlier turn is judged again now that more text exists.
+        masked = self._masked_tokens(texts)
+        for i in range(len(texts.offsets)):
+            if traj.is_model_token(start + i):
+                traj.env_mask[start + i] = 0 if i in masked else 1
+
+    def _masked_tokens(self, texts) -> set[int]:
+        """Token indices (relative to the turn) inside a self-written information block.
+
+        A token is masked when it contributes characters to the block (its tags too, with
+        ``mask_tags``). Tokens whose own text is empty — the first bytes of a multi-byte character,
+        credited to the token that completes it — belong with that completing token."""
+        out: set[int] = set()
+        offsets = texts.offsets
         for span in find_spans(texts.text, self.tags.information, include_unclosed=True):
             lo, hi = (span.start, span.end) if self.mask_tags else (span.inner_start, span.inner_end)
             if hi <= lo:
                 continue
-            for i, (s, e) in enumerate(texts.offsets):
+            pending: list[int] = []  # empty-text tokens waiting for the token that completes their character
+            for i, (s, e) in enumerate(offsets):
+                if s == e:
+                    pending.append(i)
+                    continue
                 if s < hi and e > lo:  # the token overlaps the block
-                    traj.mask_range(start + i, start + i + 1)
+                    out.add(i)
+                    out.update(pending)
+                pending = []
+        return out

@@ -82,6 +82,10 @@ class Trajectory:
             self.env_mask.extend([0] * len(ids))
         self.segments.append(Segment(kind, start, len(self.completion_ids)))
 
+    def is_model_token(self, index: int) -> bool:
+        """Whether completion token ``index`` was sampled by the model (not inserted)."""
+        return any(seg.kind == "model" and seg.start <= index < seg.end for seg in self.segments)
+
     def mask_range(self, start: int, end: int) -> None:
         """Exclude already-appended sampled tokens ``[start, end)`` from the loss (SSRL information)."""
         for i in range(max(0, start), min(end, len(self.env_mask))):
@@ -108,6 +112,9 @@ class Trajectory:
     def extras(self) -> dict:
         """Per-trajectory values handed to reward functions as keyword arguments."""
         return {
+            # The answer the engine parsed from the model's own final turn: rewards score this one,
+            # so training and evaluation agree (never an answer found inside inserted text).
+            "final_answer": self.answer,
             "num_searches": self.num_searches,
             "queries": list(self.queries),
             "doc_ids": [list(d) for d in self.doc_ids],
