@@ -1,7 +1,8 @@
 """The rollout engine (episodes × environment × backend) and its TRL adapter."""
 
-from .backends import Backend, GenRequest, GenResult, HFBackend, SamplingConfig, ScriptedBackend
+from .backends import Backend, GenRequest, GenResult, SamplingConfig, ScriptedBackend
 from .engine import Budgets, RolloutEngine, RolloutStats
+from .hf_backend import HFBackend
 from .trajectory import Segment, Trajectory, TrajectoryError
 from .trl_adapter import SearchRollout, encode_prompt
 from .vllm_backend import VLLMBackend

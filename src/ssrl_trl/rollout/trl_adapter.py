@@ -18,12 +18,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..environments.base import Environment
-from .backends import Backend, HFBackend, SamplingConfig
+from .backends import Backend, SamplingConfig
 from .engine import Budgets, RolloutEngine, RolloutStats
+from .hf_backend import HFBackend
 from .rollout_log import RolloutLog
 from .trajectory import Trajectory, TrajectoryError
 
-__all__ = ["SearchRollout", "encode_prompt", "sampling_from_args"]
+__all__ = ["SamplingCopy", "SearchRollout", "encode_prompt", "sampling_from_args"]
 
 
 def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
@@ -47,6 +48,43 @@ def sampling_from_args(args: Any) -> SamplingConfig:
         min_p=float(getattr(args, "min_p", 0.0) or 0.0),
         repetition_penalty=float(getattr(args, "repetition_penalty", 1.0) or 1.0),
     )
+
+
+class SamplingCopy:
+    """A copy of the policy in another dtype for ``transformers`` sampling (e.g. bfloat16 next to
+    float32 master weights on a CPU, where bf16 decoding is ~2x faster and autocast is slower
+    than fp32). Its parameters are refreshed from the policy whenever the optimiser has stepped;
+    buffers (rotary frequencies) keep their precision. ``"auto"`` samples with the policy itself.
+    """
+
+    def __init__(self, dtype: str = "auto") -> None:
+        if dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"sampling dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+        self.dtype = dtype
+        self._copy: Any = None
+        self._step: int | None = None
+
+    def model_for(self, model: Any, step: int) -> Any:
+        import copy
+
+        import torch
+
+        if self.dtype == "auto":
+            return model
+        target = getattr(torch, self.dtype)
+        if all(p.dtype == target for p in model.parameters()):
+            return model
+        with torch.no_grad():
+            if self._copy is None:
+                self._copy = copy.deepcopy(model).eval()
+                for p in self._copy.parameters():
+                    p.data = p.data.to(target)
+                    p.requires_grad_(False)
+            elif self._step != step:
+                for dst, src in zip(self._copy.parameters(), model.parameters(), strict=True):
+                    dst.copy_(src)
+        self._step = step
+        return self._copy
 
 
 class SearchRollout:
@@ -73,11 +111,13 @@ class SearchRollout:
         *,
         backend: Backend | None = None,
         log: RolloutLog | None = None,
-        generation_batch_size: int = 64,
+        sampling_batch_size: int = 64,
         response_prefix: str | None = None,
         schedule: str = "auto",
         server_concurrency: int = 64,
         max_concurrent_env_calls: int = 16,
+        sampling_dtype: str = "auto",
+        transformers_loop: str = "own",
     ) -> None:
         self.env_factory, self.budgets, self.backend, self.log = (
             env_factory,
@@ -85,10 +125,14 @@ class SearchRollout:
             backend,
             log,
         )
-        self.generation_batch_size = generation_batch_size
+        self.sampling_batch_size = sampling_batch_size
         self.response_prefix = response_prefix
         self.schedule, self.server_concurrency = schedule, server_concurrency
         self.max_concurrent_env_calls = max_concurrent_env_calls
+        self.sampling_copy = SamplingCopy(sampling_dtype)
+        if transformers_loop not in ("own", "generate"):
+            raise ValueError(f"transformers_loop must be 'own' or 'generate', got {transformers_loop!r}")
+        self.transformers_loop = transformers_loop
         self._env: Environment | None = None
         self._server: Any = None
         #: The schedule the engine resolved to on the last call ("independent" on vLLM backends).
@@ -149,7 +193,18 @@ class SearchRollout:
             # No autocast here: it re-casts every weight at every decoding step, which made CPU
             # sampling ~3x slower in our measurements. Without vLLM, TRL recomputes the log-probs
             # it trains on, so sampling precision does not enter the loss.
-            yield HFBackend(model, tokenizer, batch_size=self.generation_batch_size)
+            step = int(getattr(trainer.state, "global_step", 0) or 0)
+            if self.sampling_copy.dtype != "auto" and getattr(trainer, "is_deepspeed_enabled", False):
+                raise ValueError(
+                    "rollout.sampling_dtype needs the whole model on one rank: not with DeepSpeed"
+                )
+            sampler = self.sampling_copy.model_for(model, step)
+            yield HFBackend(
+                sampler,
+                tokenizer,
+                batch_size=self.sampling_batch_size,
+                own_loop=self.transformers_loop == "own",
+            )
 
     @contextlib.contextmanager
     def _vllm_backend(self, trainer: Any, tokenizer: Any):
