@@ -132,6 +132,28 @@ class RolloutSpec(_Section):
     )
     server_concurrency: int = Field(64, ge=1, description="vLLM server mode: requests in flight per rank")
     max_concurrent_env_calls: int = Field(16, ge=1, description="independent schedule: retrievals at once")
+    sampling_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="transformers sampling: a copy of the policy in this dtype (bfloat16 on CPU: ~2x faster decoding)",
+    )
+    sampling_batch_size: int = Field(64, ge=1, description="transformers sampling: rows decoded together")
+    transformers_loop: Literal["own", "generate"] = Field(
+        "own",
+        description="transformers sampling: own decoding loop (shared prefill, KV reuse across turns) "
+        "or model.generate (re-reads the history every turn)",
+    )
+
+
+class EvaluationSpec(_Section):
+    heldout: bool = Field(
+        True, description="evaluate data.eval before and after training (greedy) -> before_after.json"
+    )
+    every_steps: int = Field(
+        0, ge=0, description="also evaluate every N optimizer steps (0: only before/after)"
+    )
+    limit: int | None = Field(None, ge=1, description="evaluate at most this many held-out questions")
+    batch_size: int = Field(64, ge=1, description="episodes generated together")
+    resamples: int = Field(10_000, ge=100, description="paired-bootstrap resamples for the 95% intervals")
 
 
 class RewardSpec(_Section):
@@ -147,6 +169,7 @@ class Recipe(_Section):
     environment: EnvironmentSpec
     budgets: BudgetSpec = BudgetSpec()
     rollout: RolloutSpec = RolloutSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
     tags: str | dict[str, Any] | None = Field(
         None, description="tag set name or mapping; default: the method's"
     )
@@ -215,17 +238,44 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides; values are parsed as YAML (``1e-6``, ``true``, ``[a, b]``)."""
+    """Apply ``section.key=value`` overrides; values are parsed as YAML (``1e-6``, ``true``, ``[a, b]``),
+    except that a ``grpo`` field meant to hold a string keeps the text as written
+    (``--set grpo.save_strategy=no`` is the string ``"no"``, not YAML's boolean)."""
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise RecipeError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
-        _set_dotted(data, key.strip(), _number(value))
+        if isinstance(value, bool) and key.startswith("grpo.") and _takes_string_not_bool(key[5:]):
+            value = raw.strip()
+        _set_dotted(data, key, _number(value))
     return data
+
+
+def _takes_string_not_bool(field: str) -> bool:
+    from .recipe_checks import _grpo_hints, _simple_types
+
+    types_ = _simple_types(_grpo_hints().get(field)) if field in _grpo_hints() else None
+    return bool(types_) and str in types_ and bool not in types_
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _format_validation(exc: ValidationError, where: str) -> str:
@@ -247,9 +297,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
@@ -261,13 +313,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     except ValidationError as exc:
         raise RecipeError(_format_validation(exc, str(path))) from None
     _check_grpo(recipe.grpo, str(path))
-    for spec in recipe.rewards:
-        try:
-            resolve_dotted(spec.path)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise RecipeError(f"{path}: reward {spec.path!r} cannot be imported: {exc}") from None
+    from .recipe_checks import check_before_load
+
     if check_files:
         _check_files(recipe, str(path))
+    check_before_load(recipe, str(path), check_files=check_files)
     return recipe
 
 

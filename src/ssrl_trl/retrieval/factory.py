@@ -20,7 +20,13 @@ from typing import Any
 
 from .base import Doc, Retriever, check_k
 
-__all__ = ["RETRIEVER_KINDS", "InMemoryRetriever", "build_retriever", "load_retriever"]
+__all__ = [
+    "RETRIEVER_KINDS",
+    "InMemoryRetriever",
+    "build_retriever",
+    "check_retriever_options",
+    "load_retriever",
+]
 
 _TOKEN = re.compile(r"\w+")
 
@@ -115,11 +121,12 @@ _KINDS: dict[str, tuple[Callable[..., Retriever], tuple[str, ...], tuple[str, ..
 RETRIEVER_KINDS = tuple(sorted(_KINDS))
 
 
-def build_retriever(kind: str, **options: Any) -> Retriever:
-    """A retriever of ``kind`` (one of :data:`RETRIEVER_KINDS`) built from keyword ``options``."""
+def check_retriever_options(kind: str, options: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for an unknown kind, an unknown option or a missing one, without
+    building anything (a recipe is checked before any weights or indexes load)."""
     if kind not in _KINDS:
         raise ValueError(f"unknown retriever kind {kind!r}; valid kinds: {', '.join(RETRIEVER_KINDS)}")
-    builder, accepted, required = _KINDS[kind]
+    _builder, accepted, required = _KINDS[kind]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(
@@ -128,7 +135,15 @@ def build_retriever(kind: str, **options: Any) -> Retriever:
     missing = [name for name in required if options.get(name) is None]
     if missing:
         raise ValueError(f"retriever kind {kind!r} needs option(s) {missing}")
-    return builder(**options)
+    url = options.get("url")
+    if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^/\s]+", url)):
+        raise ValueError(f"retriever url must start with http:// or https:// and name a host, got {url!r}")
+
+
+def build_retriever(kind: str, **options: Any) -> Retriever:
+    """A retriever of ``kind`` (one of :data:`RETRIEVER_KINDS`) built from keyword ``options``."""
+    check_retriever_options(kind, options)
+    return _KINDS[kind][0](**options)
 
 
 def load_retriever(index: str | os.PathLike[str], **options: Any) -> Retriever:
