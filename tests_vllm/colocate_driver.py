@@ -89,7 +89,8 @@ def main() -> int:
     from ssrl_trl.train import build_trainer
 
     recipe = load_recipe(a.recipe, a.set)
-    trainer, rollout, _ = build_trainer(recipe)
+    run = build_trainer(recipe)
+    trainer, rollout = run.trainer, run.rollout
     records: list = []
     trainer.rollout_func = Probe(trainer.rollout_func, records)  # test instrumentation only
     result = trainer.train()

@@ -15,6 +15,9 @@ COLOCATE = [
     "--set", "grpo.max_steps=2",
     "--set", "grpo.save_steps=1000",
     "--set", "grpo.logging_steps=1",
+    # One question x 4 samples per step: what these checks need, at a CPU's pace.
+    "--set", "grpo.per_device_train_batch_size=4",
+    "--set", "grpo.num_generations=4",
 ]  # fmt: skip
 
 
@@ -51,6 +54,9 @@ def retrieval_run(tmp_path_factory):
     run_driver(
         "colocate_driver.py", "recipes/cpu/search_r1_smollm2.yaml", str(out), *COLOCATE,
         "--set", "grpo.learning_rate=1e-3",
+        # The recipe's reachable-question files are made by `make train-search-r1`; read the kit directly.
+        "--set", "data.train=[{path: ../shared/data/qa/hotpotqa_hipporag_train100.jsonl, name: hotpot100}]",
+        "--set", "data.eval=[]",
         "--set", f"grpo.output_dir={out.parent}",
     )  # fmt: skip
     return json.loads(out.read_text())

@@ -7,6 +7,7 @@ Subcommands are imported lazily so ``ssrl-trl --help`` stays fast and a missing 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["main"]
@@ -20,6 +21,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("ssrl_trl.data:prepare_data_main", "mix QA sources into unique-id prompt rows"),
     "eval": ("ssrl_trl.evaluation.cli:main", "EM/F1 tables, pass@k, Sim2Real and hybrid search for a model"),
     "view": ("ssrl_trl.viewer:main", "write a static HTML viewer of a rollout log (masks, rewards)"),
+    "compare": (
+        "ssrl_trl.evaluation.compare:main",
+        "paired before/after comparison of two eval folders (bootstrap 95% CI)",
+    ),
+    "make-facts": (
+        "ssrl_trl.fictional_facts:main",
+        "write the fictional-facts corpus and questions of the learnability check",
+    ),
+    "select-reachable": (
+        "ssrl_trl.reachable:main",
+        "keep the questions whose gold answer is in a retriever's top-k passages",
+    ),
+    "check-learning": (
+        "ssrl_trl.learn_check:main",
+        "fail unless a run's before_after.json shows the learning target was reached",
+    ),
     "convert-gguf": (
         "ssrl_trl.models:convert_main",
         "write an HF model folder from a GGUF (default: SmolLM2)",
@@ -44,7 +61,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, func_name = COMMANDS[name][0].split(":")
     func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        return int(func(rest) or 0)
+    except Exception as exc:
+        if not _is_user_error(exc) or os.environ.get("SSRL_TRL_TRACEBACK"):
+            raise
+        print(f"ssrl-trl {name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(exc: Exception) -> bool:
+    """Input the user can fix (a bad path or option, a corrupt file): one ``error:`` line, exit 2.
+    Anything else is a bug and keeps its traceback (so does everything with SSRL_TRL_TRACEBACK=1)."""
+    from .errors import UserError
+
+    if isinstance(
+        exc, UserError | FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError
+    ):
+        return True
+    from .recipe import RecipeError
+
+    return isinstance(exc, RecipeError)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 from .protocol import SEARCH_R1, SSRL, TagSet, find_spans
 
 __all__ = [
+    "FORMAT_CHECKS",
     "PLACEHOLDER_QUERIES",
+    "format_valid",
     "r1_searcher_format_valid",
     "search_r1_format_valid",
     "ssrl_format_score",
@@ -138,3 +140,20 @@ def r1_searcher_format_valid(text: str, tags: TagSet) -> bool:
     if body.count(tags.search[0]) != body.count(tags.search[1]):
         return False
     return _queries_ok(body, tags)
+
+
+#: The format check of each method, as a yes/no question (SSRL: its score's hard conditions hold).
+FORMAT_CHECKS = ("search_r1", "ssrl", "r1_searcher")
+
+
+def format_valid(kind: str, text: str, tags: TagSet) -> bool:
+    """Whether ``text`` (the decoded completion, special tokens removed) follows method ``kind``'s
+    format: Search-R1's grammar, R1-Searcher's, or SSRL's (a score above 0: starts with think,
+    ends with the answer, every search answered by an information block, proper queries)."""
+    if kind == "search_r1":
+        return search_r1_format_valid(text, tags)
+    if kind == "r1_searcher":
+        return r1_searcher_format_valid(text, tags)
+    if kind == "ssrl":
+        return ssrl_format_score(text, tags) > 0
+    raise ValueError(f"unknown format check {kind!r}; choose one of {list(FORMAT_CHECKS)}")

@@ -16,12 +16,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .recipe import Recipe, RecipeError, load_recipe, resolve_dotted
+from .recipe import Recipe, RecipeError, load_recipe
 
-__all__ = ["build_trainer", "main", "summarize"]
+__all__ = ["TrainingRun", "build_trainer", "main", "run_training", "summarize"]
 
 _CPU_DEFAULTS = {"use_cpu": True, "bf16": False, "fp16": False}
 
@@ -81,7 +82,7 @@ def _datasets(recipe: Recipe, tags):
         if eval_items
         else None
     )
-    return train, evaluation
+    return train, evaluation, eval_items, template
 
 
 def _retriever(recipe: Recipe):
@@ -144,21 +145,6 @@ class _RetrievalFactory:
         )
 
 
-def _rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
-    funcs, weights = [], []
-    for spec in recipe.rewards:
-        obj = resolve_dotted(spec.path)
-        if spec.kwargs is not None:
-            obj = obj(**spec.kwargs)  # a factory / reward class with parameters
-        elif isinstance(obj, type):
-            obj = obj()
-        if not callable(obj):
-            raise RecipeError(f"reward {spec.path!r} is not callable")
-        funcs.append(obj)
-        weights.append(spec.weight)
-    return funcs, weights
-
-
 def _grpo_config(recipe: Recipe, n_rewards_weights: list[float]):
     import torch
     from trl import GRPOConfig
@@ -194,8 +180,19 @@ def _prepare_vllm(args) -> None:
             enable_cpu_weight_sync()
 
 
-def build_trainer(recipe: Recipe):
-    """Everything a run needs, from a validated recipe. Returns (trainer, rollout, rollout_log)."""
+@dataclass
+class TrainingRun:
+    """What :func:`build_trainer` assembles: the trainer, its rollout function, the trajectory log
+    and the held-out evaluation (``None`` when the recipe has no ``data.eval`` or turns it off)."""
+
+    trainer: Any
+    rollout: Any
+    log: Any
+    heldout: Any
+
+
+def build_trainer(recipe: Recipe) -> TrainingRun:
+    """Everything a run needs, from a validated recipe."""
     from trl import GRPOTrainer
 
     from .callbacks import RolloutMetricsCallback
@@ -204,7 +201,9 @@ def build_trainer(recipe: Recipe):
     from .rollout.rollout_log import RecordingReward, RolloutLog
 
     tags = _tags(recipe)
-    funcs, weights = _rewards(recipe)
+    from .recipe_checks import build_rewards
+
+    funcs, weights = build_rewards(recipe)
     args = _grpo_config(recipe, weights)
     m = recipe.model
     name = recipe.path(m.name_or_path) if Path(recipe.path(m.name_or_path)).exists() else m.name_or_path
@@ -232,7 +231,7 @@ def build_trainer(recipe: Recipe):
             target_modules=m.lora.target_modules,
             task_type="CAUSAL_LM",
         )
-    train, evaluation = _datasets(recipe, tags)
+    train, evaluation, eval_items, template = _datasets(recipe, tags)
     b = recipe.budgets
     budgets = Budgets(
         b.max_turns,
@@ -258,6 +257,9 @@ def build_trainer(recipe: Recipe):
         schedule=r.schedule,
         server_concurrency=r.server_concurrency,
         max_concurrent_env_calls=r.max_concurrent_env_calls,
+        sampling_dtype=r.sampling_dtype,
+        sampling_batch_size=r.sampling_batch_size,
+        transformers_loop=r.transformers_loop,
     )
     if args.use_vllm:
         _prepare_vllm(args)
@@ -278,20 +280,60 @@ def build_trainer(recipe: Recipe):
     # After the rollout metrics and before the reporters, so health/* and cost/* reach them too.
     for i, cb in enumerate(build_health_callbacks(recipe.health), start=1):
         trainer.callback_handler.callbacks.insert(i, cb)
-    return trainer, rollout, log
+    heldout = _heldout(recipe, trainer, rollout, eval_items, template, budgets)
+    if heldout is not None and recipe.evaluation.every_steps:
+        from .evaluation.heldout import HeldOutCallback
+
+        # Next to the rollout metrics, before the reporters, so heldout/* reaches them.
+        trainer.callback_handler.callbacks.insert(
+            1, HeldOutCallback(heldout, trainer, recipe.evaluation.every_steps)
+        )
+    return TrainingRun(trainer, rollout, log, heldout)
+
+
+def _heldout(recipe: Recipe, trainer, rollout, items, template: str, budgets):
+    """The run's held-out evaluation: the recipe's ``data.eval`` questions, the run's environment,
+    prompt and budgets, greedy (see :mod:`ssrl_trl.evaluation.heldout`)."""
+    spec = recipe.evaluation
+    if not items or not spec.heldout:
+        return None
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", 0) == 3:
+        raise RecipeError(
+            "evaluation.heldout cannot run under DeepSpeed ZeRO-3 (one rank would need the whole model); "
+            "set evaluation.heldout: false and evaluate checkpoints with `ssrl-trl eval` + `ssrl-trl compare`"
+        )
+    from .evaluation.heldout import HeldOut
+
+    tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+    if spec.limit is not None:
+        items = items[: spec.limit]
+    return HeldOut(
+        items=list(items),
+        env=rollout.environment(tokenizer),
+        template=template,
+        budgets=budgets,
+        format_check=recipe.method,
+        out_dir=Path(trainer.args.output_dir),
+        system=recipe.data.system_prompt,
+        response_prefix=recipe.environment.response_prefix,
+        batch_size=spec.batch_size,
+        seed=recipe.data.seed,
+        resamples=spec.resamples,
+        sampling_dtype=recipe.rollout.sampling_dtype,
+        model_name=recipe.model.name_or_path,
+    )
 
 
 def _resume_path(arg: str | None, output_dir: str) -> str | bool | None:
-    if arg is None:
-        return None
-    if arg == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint (``auto``) or ``arg``; drops rollout records of steps that
+    will run again (see :mod:`ssrl_trl.checkpoints`). ``None``: start fresh."""
+    from .checkpoints import CheckpointError, prepare_resume
 
-        last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-        return last  # None: nothing to resume, start fresh
-    if not Path(arg).is_dir():
-        raise RecipeError(f"--resume {arg}: no such checkpoint directory")
-    return arg
+    try:
+        return prepare_resume(arg, output_dir)
+    except CheckpointError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def summarize(history: list[dict], output_dir: str, log_path: str | None) -> dict[str, Any]:
@@ -339,23 +381,63 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         recipe = load_recipe(args.config, args.set)
-        trainer, _rollout, log = build_trainer(recipe)
-        resume = _resume_path(args.resume, trainer.args.output_dir)
+        run = build_trainer(recipe)
+        resume = _resume_path(args.resume, run.trainer.args.output_dir)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return run_training(run, recipe, resume)
+
+
+def run_training(run: TrainingRun, recipe: Recipe, resume: str | bool | None = None) -> int:
+    """Held-out evaluation of the starting model, training, the trained model's evaluation, the
+    comparison and the run summary. Returns the process exit code."""
+    trainer, log = run.trainer, run.log
+    from .graceful_stop import GracefulStop
+
+    stop = GracefulStop.attach(trainer)  # SIGTERM: finish the step, save, stop (exit 143)
+    before = _evaluate_heldout(run, "before", resume=True)
     trainer.train(resume_from_checkpoint=resume)
     if log is not None:
         log.flush()
+    if stop.stopped:  # SIGTERM: the checkpoint is saved; no final model or summary for a cut run
+        return stop.exit_code
     trainer.save_model(trainer.args.output_dir)
+    after = _evaluate_heldout(run, "after")
     if trainer.is_world_process_zero():
         summary = summarize(
             trainer.state.log_history, trainer.args.output_dir, str(log.path) if log else None
         )
+        if before is not None and after is not None:
+            summary["heldout"] = run.heldout.compare(
+                before,
+                after,
+                {
+                    "before_model": recipe.model.name_or_path,
+                    "after_model": trainer.args.output_dir,
+                    "steps": trainer.state.global_step,
+                    "method": recipe.method,
+                    "title": f"{recipe.method}: held-out before vs after {trainer.state.global_step} steps",
+                },
+            )
         Path(trainer.args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))
         _print_summary(summary)
         _plot(trainer.state.log_history, Path(trainer.args.output_dir) / "training_curve.png", recipe.method)
     return 0
+
+
+def _evaluate_heldout(run: TrainingRun, name: str, *, resume: bool = False):
+    """Held-out records of the current model on the main process (``None`` elsewhere or when off)."""
+    if run.heldout is None:
+        return None
+    trainer = run.trainer
+    records = None
+    if trainer.accelerator.is_main_process:
+        tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
+        print(f"[ssrl-trl] held-out evaluation ({name}): {len(run.heldout.items)} questions", flush=True)
+        records = run.heldout.evaluate(trainer.model, tokenizer, name, resume=resume)
+    trainer.accelerator.wait_for_everyone()
+    return records
 
 
 def _plot(history: list[dict], out: Path, title: str) -> None:
@@ -377,6 +459,15 @@ def _print_summary(s: dict[str, Any]) -> None:
         return "n/a" if x is None else f"{x:.3f}"
 
     print("\n=== ssrl-trl run summary ===")
+    if s.get("heldout"):
+        from .evaluation.compare import format_line
+
+        h = s["heldout"]
+        print(format_line(h, "em"))
+        for metric in ("f1", "format_valid", "answered"):
+            if metric in h["diff"]:
+                print(format_line(h, metric))
+        print(f"held-out table:   {Path(s['output_dir']) / 'before_after.json'}")
     print(f"steps:            {s.get('steps')}")
     print(
         f"mean reward:      {f(s.get('reward_start'))} (first quarter) -> {f(s.get('reward_end'))} (last quarter)"

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=DEFAULT_MODEL, help="HF folder, checkpoint or hub id")
     g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: --model)")
+    g.add_argument(
+        "--baseline-model",
+        default=None,
+        help="also evaluate this model (e.g. the starting checkpoint) on the same questions and write a "
+        "paired before/after comparison with bootstrap 95%% intervals (OUT/baseline, OUT/model, "
+        "OUT/before_after.json)",
+    )
     g.add_argument("--gguf-file", default=None, help="load this GGUF file from --model")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code")
@@ -75,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-template", default=None, help="built-in name or file (default: by mode)")
     g.add_argument("--tags", default=None, help="tag set (default: search_r1 for retrieval, else ssrl)")
     g.add_argument("--system", default=None, help="optional system message")
+    g.add_argument(
+        "--format-check",
+        default="auto",
+        choices=("auto", "search_r1", "ssrl", "r1_searcher"),
+        help="whose format check scores format_valid (auto: ssrl for self-search arms and sim2real, "
+        "else by tag set)",
+    )
     g.add_argument(
         "--response-prefix",
         default=None,
@@ -129,14 +143,26 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 
 def parse_retriever(spec: str, corpus: str | None = None):
-    """``bm25:INDEX`` / ``dense:INDEX`` / ``index:INDEX`` / ``http:URL`` (or a bare http(s) URL)."""
+    """``bm25:INDEX`` / ``dense:INDEX`` / ``index:INDEX`` / ``http:URL`` (or a bare http(s) URL).
+
+    Anything wrong with the spec, the index or the corpus is a :class:`~ssrl_trl.errors.UserError`
+    naming ``--retriever`` (the CLI prints it as one ``error:`` line)."""
+    from ..errors import UserError
+
+    try:
+        return _open_retriever(spec, corpus)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"--retriever {spec}: {exc}") from None
+
+
+def _open_retriever(spec: str, corpus: str | None):
     from ..retrieval.factory import build_retriever
 
     kind, sep, rest = spec.partition(":")
     if kind in ("http", "https") and rest.startswith("//"):
         return build_retriever("http", url=spec)
     if not sep or not rest:
-        raise ValueError(f"--retriever {spec!r}: expected KIND:TARGET, e.g. bm25:indexes/mini_wiki_bm25")
+        raise ValueError("expected KIND:TARGET, e.g. bm25:indexes/mini_wiki_bm25 or http://127.0.0.1:8000")
     if kind == "http":
         return build_retriever("http", url=rest)
     if kind == "bm25" and not Path(rest).exists():
@@ -228,6 +254,10 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
         max_completion_tokens=a.max_new_tokens,
     )
     common = {"template": template, "n": a.n, "system": a.system, "response_prefix": a.response_prefix}
+    self_check = "ssrl" if a.format_check == "auto" else a.format_check
+    real_check = a.format_check
+    if real_check == "auto":
+        real_check = ("r1_searcher" if tags.name == "r1_searcher" else "search_r1") if real_mode else "ssrl"
     arms = []
     if a.mode != "retrieval":
         arms.append(
@@ -237,6 +267,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
                 budgets=single,
                 sampling=sampling,
                 signals=True,
+                format_check=self_check,
                 **common,
             )
         )
@@ -249,6 +280,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
                 budgets=multi,
                 sampling=sampling,
                 describe={"retriever": a.retriever, "topk": a.topk},
+                format_check=real_check,
                 **common,
             )
         )
@@ -264,6 +296,7 @@ def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> 
                 n=a.hybrid_samples,
                 system=a.system,
                 response_prefix=a.response_prefix,
+                format_check=self_check,
             )
         )
     return arms
@@ -341,6 +374,43 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     _check_args(parser, a)
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    if a.baseline_model:
+        return _compare_models(a, argv_list)
+    evaluate(a, argv_list)
+    return 0
+
+
+def _compare_models(a: argparse.Namespace, argv: list[str]) -> int:
+    """Evaluate ``--baseline-model`` and ``--model`` with identical settings, then compare them
+    question by question (see :mod:`.compare`)."""
+    import copy
+    import gc
+
+    from .compare import compare_records, format_line, write_comparison
+
+    out = a.out
+    base = copy.copy(a)
+    base.model, base.out = a.baseline_model, out / "baseline"
+    before = evaluate(base, argv)
+    gc.collect()
+    a.out = out / "model"
+    after = evaluate(a, argv)
+    arms = [arm for arm in after if arm in before and arm != "self_samples"]
+    for arm in arms:
+        result = compare_records(before[arm], after[arm], seed=a.seed)
+        result.update({"before_model": a.baseline_model, "after_model": a.model, "arm": arm})
+        where = out if len(arms) == 1 else out / f"compare_{arm}"
+        path = write_comparison(where, result, title=f"{arm}: {a.baseline_model} -> {a.model}")
+        for metric in ("em", "f1", "format_valid", "answered"):
+            print(format_line(result, metric, label=arm))
+        print(f"[eval] wrote {path}", file=sys.stderr)
+    return 0
+
+
+def evaluate(a: argparse.Namespace, argv: list[str]) -> dict[str, list[dict]]:
+    """One model: every arm of ``a.mode`` (resumed where possible), tables, curves; returns the
+    records per arm."""
     from .data import load_eval_items
     from .report import jsonable, summarize, write_summary
 
@@ -358,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     records, timings = run_arms(a, arms, items, model, tok, backend)
     timings["model_load_s"] = load_s
     meta = {
-        "argv": sys.argv[1:] if argv is None else list(argv),
+        "argv": argv,
         "args": vars(a),
         "backend": type(backend).__name__,
         "timings": timings,
@@ -373,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         (a.out / "curves.json").write_text(json.dumps(jsonable(extra), indent=2) + "\n", encoding="utf-8")
     print(f"[eval] wrote {a.out}: summary.md/.csv/.json; timings {json.dumps(timings)}", file=sys.stderr)
-    return 0
+    return records
 
 
 if __name__ == "__main__":

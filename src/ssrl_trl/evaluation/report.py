@@ -29,8 +29,14 @@ __all__ = [
     "write_summary",
 ]
 
-_COLUMNS = ("questions", "em", "cover_em", "f1", "answered", "searches", "tokens")
-_LABELS = {"em": "EM", "cover_em": "cover-EM", "f1": "F1", "answered": "answered %"}
+_COLUMNS = ("questions", "em", "cover_em", "f1", "format_valid", "answered", "searches", "tokens")
+_LABELS = {
+    "em": "EM",
+    "cover_em": "cover-EM",
+    "f1": "F1",
+    "format_valid": "format %",
+    "answered": "answered %",
+}
 
 
 def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -43,7 +49,8 @@ def _group(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, 
 def _means(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {"questions": len(records)}
     for key in _COLUMNS[1:]:
-        out[key] = sum(float(r[key]) for r in records) / len(records) if records else math.nan
+        # Records written before a column existed (resumed folders) lack it: NaN, not a crash.
+        out[key] = sum(float(r.get(key, math.nan)) for r in records) / len(records) if records else math.nan
     return out
 
 
@@ -79,13 +86,13 @@ def write_summary(
             for ds, m in table.items():
                 writer.writerow([arm, ds, *(m[k] for k in _COLUMNS)])
     if len(arms) == 1:
-        keys = ["questions", "em", "cover_em", "f1", "answered", "searches", "tokens"]
+        keys = ["questions", "em", "cover_em", "f1", "format_valid", "answered", "searches", "tokens"]
         head = [_LABELS.get(k, k) for k in keys]
         rows = [[ds, *(_fmt(k, summaries[arms[0]][ds][k]) for k in keys)] for ds in datasets]
     else:
         keys = ["em", "cover_em", "f1"]
         head = ["questions"] + [f"{arm} {_LABELS[k]}" for arm in arms for k in keys]
-        tail = ["answered", "searches"]
+        tail = ["format_valid", "answered", "searches"]
         head += [f"{arm} {_LABELS.get(k, k)}" for k in tail for arm in arms]
         rows = []
         for ds in datasets:

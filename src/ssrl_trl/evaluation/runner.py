@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import QAItem
+from ..formats import format_valid
+from ..jsonl import JsonlError, read_jsonl, repair_tail
 from ..prompts import build_messages
 from ..rollout import Budgets, RolloutEngine, SamplingConfig, Trajectory, encode_prompt
 from ..scoring import score_answer
@@ -56,6 +59,8 @@ class Arm:
     signals: bool = False
     #: Forced, masked opening of every completion (e.g. ``"<think>"``), as in the training recipe.
     response_prefix: str | None = None
+    #: Which method's format check scores ``format_valid`` (:data:`~ssrl_trl.formats.FORMAT_CHECKS`).
+    format_check: str = "search_r1"
     describe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,6 +75,7 @@ class Arm:
             "template_sha1": hashlib.sha1(self.template.encode()).hexdigest()[:12],
             "system": self.system,
             "response_prefix": self.response_prefix,
+            "format_check": self.format_check,
             "budgets": asdict(self.budgets),
             "sampling": asdict(self.sampling),
             "n": self.n,
@@ -105,22 +111,16 @@ def plan_chunks(items: Sequence[QAItem], n: int, batch_size: int) -> Iterator[Ch
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
-    """Records by id. A torn last line (a run killed mid-write) is dropped from the file; a bad
-    line anywhere else is corruption and raises."""
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records: dict[str, dict[str, Any]] = {}
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                path.write_text("".join(lines[:-1]), encoding="utf-8")
-                break
-            raise ValueError(f"{path}:{i + 1}: not valid JSON; delete the file to start over") from None
-        records[rec["id"]] = rec
-    return records
+    """Records by id. A torn last line (a run killed mid-write) is skipped, and :func:`run_arm`
+    cuts it off before appending; a bad line anywhere else (not JSON, not an object, no ``id``)
+    is corruption and raises :class:`~ssrl_trl.jsonl.JsonlError` naming the file and line."""
+    try:
+        content = read_jsonl(path, required=("id",))
+    except JsonlError as exc:
+        raise JsonlError(
+            exc.path, exc.line, f"{exc.reason}; delete the file (or pass --overwrite) to start over"
+        ) from None
+    return {rec["id"]: rec for rec in content.records}
 
 
 def _check_settings(path: Path, settings: dict[str, Any], have_predictions: bool) -> None:
@@ -146,10 +146,13 @@ def _seed(*parts: Any) -> None:
     torch.manual_seed(value)
 
 
-def _summary(traj: Trajectory, golden: list[str]) -> dict[str, Any]:
+def _summary(traj: Trajectory, golden: list[str], arm: Arm, tokenizer: Any) -> dict[str, Any]:
+    # The format is judged on the text the training rewards see (TRL decodes without special tokens).
+    text = tokenizer.decode(traj.completion_ids, skip_special_tokens=True)
     return {
         "answer": traj.answer,
         **score_answer(traj.answer, golden),
+        "format_valid": format_valid(arm.format_check, text, arm.env.tags),
         "stop_reason": traj.stop_reason,
         "searches": traj.num_searches,
         "tokens": len(traj.completion_ids),
@@ -174,6 +177,7 @@ def _record(item: QAItem, arm: Arm, samples: list[dict[str, Any]], first: dict[s
         "em": mean("em"),
         "cover_em": mean("cover_em"),
         "f1": mean("f1"),
+        "format_valid": mean("format_valid"),
         "c_em": sum(int(s["em"]) for s in samples),
         "c_cover_em": sum(int(s["cover_em"]) for s in samples),
         "answered": sum(s["stop_reason"] == "answer" for s in samples) / m,
@@ -218,7 +222,9 @@ class _Collector:
         finished, pos = [], 0
         for item, first_index, count in chunk:
             for j, traj in enumerate(trajs[pos : pos + count]):
-                self.samples.setdefault(item.id, []).append(_summary(traj, item.golden_answers))
+                self.samples.setdefault(item.id, []).append(
+                    _summary(traj, item.golden_answers, self.arm, self.tokenizer)
+                )
                 if first_index + j == 0:
                     self.firsts[item.id] = _first_details(traj, self.arm, self.tokenizer, self.model)
             pos += count
@@ -261,6 +267,9 @@ def run_arm(
     result = ArmResult(records=[])
     start = time.perf_counter()
     bar = tqdm(total=len(todo) * arm.n, desc=f"eval {arm.name}", unit="sample", disable=_disable(progress))
+    repaired = repair_tail(pred_path)  # else the first new record would be glued to a torn or unended line
+    if repaired:
+        print(f"[eval] {repaired}", file=sys.stderr)
     with pred_path.open("a", encoding="utf-8") as fh:
         collector = _Collector(arm, tokenizer, model, fh)
         for chunk in plan_chunks(todo, arm.n, batch_size):
