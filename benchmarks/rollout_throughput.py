@@ -37,8 +37,6 @@ class ForcedSearchEnv:
     """Search-R1 retrieval with the turn structure fixed: every turn ends in a search (query: the
     turn's last 12 words), so the measured rollouts have the same shape whatever the model writes."""
 
-    answers_searches = True
-
     def __init__(self, inner):
         self.inner, self.tags = inner, inner.tags
 
@@ -50,11 +48,11 @@ class ForcedSearchEnv:
 
         return Action("search", content=" ".join(turn_text.split()[-12:]) or "search")
 
-    def observe(self, actions, budgets):
-        return self.inner.observe(actions, budgets)
+    def replies_to(self, action) -> bool:
+        return True
 
-    def correction(self, action, budget):
-        return None
+    def respond(self, actions, budgets):
+        return self.inner.respond(actions, budgets)
 
     def on_model_turn(self, traj, start, texts) -> None:
         return None

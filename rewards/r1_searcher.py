@@ -6,4 +6,4 @@ make_stage1 = R1SearcherStage1Reward
 make_stage2 = R1SearcherStage2Reward
 stage1 = R1SearcherStage1Reward()
 stage2 = R1SearcherStage2Reward()
-format = FormatReward(method="r1_searcher")  # noqa: A001 - the recipe-facing name
+format = FormatReward(tags="r1_searcher")  # noqa: A001 - the recipe-facing name

@@ -6,4 +6,4 @@ make_em = SearchR1EMReward
 make_format_aware = SearchR1FormatReward
 em = SearchR1EMReward()
 format_aware = SearchR1FormatReward()
-format = FormatReward(method="search_r1")  # noqa: A001 - the recipe-facing name
+format = FormatReward(tags="search_r1")  # noqa: A001 - the recipe-facing name

@@ -7,5 +7,5 @@ make_length_guard = LengthGuardReward
 search_count = SearchCountReward()
 length_guard = LengthGuardReward()
 make_tag_presence = TagPresenceReward
-tag_presence = TagPresenceReward()  # Search-R1 / SSRL tags
-tag_presence_r1_searcher = TagPresenceReward(tags="r1_searcher")
+tag_presence = TagPresenceReward()  # Search-R1 / SSRL tags; a recipe binds it to its own
+tag_presence_r1_searcher = TagPresenceReward(tags="r1_searcher")  # the same, kept for recipes naming it

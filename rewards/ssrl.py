@@ -4,4 +4,4 @@ from ssrl_trl.rewards import FormatReward, SSRLReward
 
 make = SSRLReward
 reward = SSRLReward()
-format = FormatReward(method="ssrl")  # noqa: A001 - the recipe-facing name
+format = FormatReward(tags="ssrl")  # noqa: A001 - the recipe-facing name

@@ -298,3 +298,26 @@ def test_response_prefix_is_forced_and_left_out_of_the_signals(tokenizer, tmp_pa
     rec = run_arm(arm, ITEMS[:1], backend, tokenizer, tmp_path, progress=False).records[0]
     assert rec["completion"].startswith("<think>recall</think>") and rec["em"] == 1.0
     assert rec["signals"]["completion_nll"] == pytest.approx(1.0)  # inserted prefix has log-prob 0
+
+
+@pytest.mark.slow
+def test_cli_compares_a_model_with_its_baseline(
+    tiny_model_dir, tiny_model_factory, tokenizer, shared_data, tmp_path
+):
+    """--baseline-model evaluates both models with identical settings and pairs them by question."""
+    other = tmp_path / "other_model"
+    tiny_model_factory(1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    out = tmp_path / "cmp"
+    argv = ["--model", str(other), "--baseline-model", str(tiny_model_dir), "--backend", "hf",
+            "--datasets", str(shared_data / "qa" / "mini_eval.jsonl"), "--limit", "2", "--mode", "self",
+            "--max-new-tokens", "8", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert eval_main(argv) == 0
+    result = json.loads((out / "before_after.json").read_text())
+    assert result["n"] == 9 and result["arm"] == "self"  # 2 per dataset; bamboogle has 1 here
+    assert result["before_model"] == str(tiny_model_dir) and result["after_model"] == str(other)
+    for name in ("baseline", "model"):
+        assert len((out / name / "predictions_self.jsonl").read_text().splitlines()) == 9
+    settings = [json.loads((out / n / "self.settings.json").read_text()) for n in ("baseline", "model")]
+    assert settings[0] == settings[1]  # the same arm settings for both models
+    assert "format_valid" in result["diff"] and (out / "before_after.png").is_file()

@@ -94,9 +94,9 @@ REWARDS = [
     (SearchR1FormatReward(), lambda v: v in (0.0, 0.1, 0.2, 0.8, 1.0)),
     (R1SearcherStage1Reward(), lambda v: 0.0 <= v <= 1.5),
     (R1SearcherStage2Reward(), lambda v: 0.0 <= v <= 1.0 or v == -2.0),
-    (FormatReward(method="ssrl"), lambda v: 0.0 <= v <= 1.0),
-    (FormatReward(method="search_r1"), lambda v: v in (0.0, 1.0)),
-    (FormatReward(method="r1_searcher"), lambda v: v in (0.0, 1.0)),
+    (FormatReward(tags="ssrl"), lambda v: 0.0 <= v <= 1.0),
+    (FormatReward(tags="search_r1"), lambda v: v in (0.0, 1.0)),
+    (FormatReward(tags="r1_searcher"), lambda v: v in (0.0, 1.0)),
     (SearchCountReward(), lambda v: v in (0.1, -0.1)),
     (LengthGuardReward(), lambda v: v in (0.0, -0.5)),
 ]
@@ -328,7 +328,7 @@ def _batches(rng: random.Random):
 @pytest.mark.parametrize(
     ("reward", "in_range"),
     REWARDS,
-    ids=[r.__name__ + (f"-{r.check}" if isinstance(r, FormatReward) else "") for r, _ in REWARDS],
+    ids=[r.__name__ + (f"-{r.tags.name}" if isinstance(r, FormatReward) else "") for r, _ in REWARDS],
 )
 def test_every_reward_is_finite_and_in_range(reward, in_range):
     rng = random.Random(SEED + 2)

@@ -334,10 +334,9 @@ def test_parse_action_r1_searcher(turn, expected):
 def test_parse_action_truncates_long_queries():
     action = parse_action("<search>" + "x" * (MAX_QUERY_CHARS + 50) + "</search>")
     assert action.kind == "search"
-    assert action.query_truncated
     assert action.content == "x" * MAX_QUERY_CHARS
     short = parse_action("<search>" + "x" * MAX_QUERY_CHARS + "</search>")
-    assert not short.query_truncated and len(short.content) == MAX_QUERY_CHARS
+    assert len(short.content) == MAX_QUERY_CHARS
 
 
 @pytest.mark.parametrize("bad", [None, 7, ["<search>q</search>"]])

@@ -36,7 +36,10 @@ def _recipe(tmp_path, tiny_model_dir, shared_data, edit):
 CASES = {
     "temperature 0": (lambda d: d["grpo"].update(temperature=0), "grpo.temperature must be > 0"),
     "learning rate inf": (lambda d: d["grpo"].update(learning_rate=float("inf")), "grpo.learning_rate"),
-    "negative completion length": (lambda d: d["grpo"].update(max_completion_length=-4), "grpo.max_completion_length"),
+    "negative completion length": (
+        lambda d: d["grpo"].update(max_completion_length=-4),
+        "grpo.max_completion_length",
+    ),
     "one generation": (lambda d: d["grpo"].update(num_generations=1), "num_generations must be >= 2"),
     "wrong type": (lambda d: d["grpo"].update(logging_steps=[1]), "grpo.logging_steps"),
     "unquoted no": (lambda d: d["grpo"].update(save_strategy=False), "quote the string"),
@@ -46,28 +49,44 @@ CASES = {
         lambda d: d.update(health={"healthy_checkpoints": {"dirname": "/tmp"}}),
         "health",
     ),
-    "infinite reward weight": (lambda d: d["rewards"][0].update(weight=float("nan")), "weight must be a finite"),
+    "infinite reward weight": (
+        lambda d: d["rewards"][0].update(weight=float("nan")),
+        "weight must be a finite",
+    ),
     "reward kwargs on an instance": (
-        lambda d: d["rewards"].append({"path": "rewards.shaping.search_count", "kwargs": {"min_searches": 1}}),
+        lambda d: d["rewards"].append(
+            {"path": "rewards.shaping.search_count", "kwargs": {"min_searches": 1}}
+        ),
         "not a factory",
     ),
     "reward factory rejects kwargs": (
-        lambda d: d["rewards"].append({"path": "rewards.shaping.make_search_count", "kwargs": {"min_searches": 3, "max_searches": 1}}),
+        lambda d: d["rewards"].append(
+            {"path": "rewards.shaping.make_search_count", "kwargs": {"min_searches": 3, "max_searches": 1}}
+        ),
         "min_searches (3) > max_searches (1)",
     ),
     "retriever option typo": (
-        lambda d: d.update(environment={"kind": "retrieval", "retriever": {"kind": "http", "url": "http://127.0.0.1:9", "options": {"timout": 3}}}),
+        lambda d: d.update(
+            environment={
+                "kind": "retrieval",
+                "retriever": {"kind": "http", "url": "http://127.0.0.1:9", "options": {"timout": 3}},
+            }
+        ),
         "unknown option(s) ['timout']",
     ),
     "retriever url scheme": (
-        lambda d: d.update(environment={"kind": "retrieval", "retriever": {"kind": "http", "url": "ftp://x"}}),
+        lambda d: d.update(
+            environment={"kind": "retrieval", "retriever": {"kind": "http", "url": "ftp://x"}}
+        ),
         "http:// or https://",
     ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_late_failures_are_reported_before_any_weights_load(case, tmp_path, tiny_model_dir, shared_data, no_weights, capsys):
+def test_late_failures_are_reported_before_any_weights_load(
+    case, tmp_path, tiny_model_dir, shared_data, no_weights, capsys
+):
     edit, expected = CASES[case]
     path = _recipe(tmp_path, tiny_model_dir, shared_data, edit)
     assert main(["--config", str(path)]) == 2
@@ -76,10 +95,14 @@ def test_late_failures_are_reported_before_any_weights_load(case, tmp_path, tiny
     assert str(path) in err and "Traceback" not in err
 
 
-def test_reward_module_that_raises_on_import(tmp_path, tiny_model_dir, shared_data, no_weights, capsys, monkeypatch):
+def test_reward_module_that_raises_on_import(
+    tmp_path, tiny_model_dir, shared_data, no_weights, capsys, monkeypatch
+):
     (tmp_path / "broken_reward.py").write_text("raise RuntimeError('half-written reward module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = _recipe(tmp_path, tiny_model_dir, shared_data, lambda d: d["rewards"].append({"path": "broken_reward.f"}))
+    path = _recipe(
+        tmp_path, tiny_model_dir, shared_data, lambda d: d["rewards"].append({"path": "broken_reward.f"})
+    )
     assert main(["--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "RuntimeError: half-written reward module" in err and "Traceback" not in err
@@ -99,7 +122,9 @@ def test_duplicate_yaml_keys_and_non_utf8_files(tmp_path, no_weights):
 def test_output_dir_must_be_writable(tmp_path, tiny_model_dir, shared_data, no_weights):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    path = _recipe(tmp_path, tiny_model_dir, shared_data, lambda d: d["grpo"].update(output_dir=str(blocker / "run")))
+    path = _recipe(
+        tmp_path, tiny_model_dir, shared_data, lambda d: d["grpo"].update(output_dir=str(blocker / "run"))
+    )
     with pytest.raises(RecipeError, match="grpo.output_dir .* is not a writable folder"):
         load_recipe(path)
 
@@ -110,13 +135,20 @@ def test_output_dir_must_be_writable(tmp_path, tiny_model_dir, shared_data, no_w
         ([], "no rows"),
         ([{"id": "1", "golden_answers": ["x"]}], "no 'question' field"),
         ([{"id": "1", "question": "q"}], "no 'golden_answers'"),
-        ([{"id": "1", "question": "q", "golden_answers": ["the", "  .  "]}], "no answer left after normalisation"),
+        (
+            [{"id": "1", "question": "q", "golden_answers": ["the", "  .  "]}],
+            "no answer left after normalisation",
+        ),
     ],
 )
-def test_data_files_are_checked_before_weights_load(rows, expected, tmp_path, tiny_model_dir, shared_data, no_weights):
+def test_data_files_are_checked_before_weights_load(
+    rows, expected, tmp_path, tiny_model_dir, shared_data, no_weights
+):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = _recipe(tmp_path, tiny_model_dir, shared_data, lambda d: d["data"].update(train=[{"path": str(data)}]))
+    path = _recipe(
+        tmp_path, tiny_model_dir, shared_data, lambda d: d["data"].update(train=[{"path": str(data)}])
+    )
     with pytest.raises(RecipeError, match=expected):
         load_recipe(path)
 

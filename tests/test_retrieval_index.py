@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ssrl_trl.retrieval import Doc
-from ssrl_trl.retrieval.bm25 import BM25Index, BM25Retriever
+from ssrl_trl.retrieval.bm25 import BM25Index
 from ssrl_trl.retrieval.corpus import DocStore, iter_corpus, read_index_meta
 from ssrl_trl.retrieval.dense import DenseIndex, default_prefixes, faiss_factory_string
 from ssrl_trl.retrieval.factory import RETRIEVER_KINDS, InMemoryRetriever, build_retriever, load_retriever
@@ -103,8 +103,8 @@ def test_bm25_build_load_round_trip(bm25_dir: Path) -> None:
     _, contents = DocStore(bm25_dir).get(123)
     query = " ".join(contents.split()[:12])  # a passage's own words find it first
     fresh = BM25Index.build(iter_corpus(CORPUS, limit=1000), bm25_dir.parent / "again", show_progress=False)
-    mapped = BM25Retriever.load(bm25_dir, mmap=True)
-    in_ram = BM25Retriever.load(bm25_dir, mmap=False)
+    mapped = BM25Index.load(bm25_dir, mmap=True)
+    in_ram = BM25Index.load(bm25_dir, mmap=False)
     queries = [query, "history of the roman empire", "football world cup final"]
     expected = fresh.search(queries, k=5)
     assert expected[0][0].id == "123" and expected[0][0].contents == contents
@@ -115,7 +115,7 @@ def test_bm25_build_load_round_trip(bm25_dir: Path) -> None:
 
 
 def test_bm25_edge_cases(bm25_dir: Path) -> None:
-    r = BM25Retriever.load(bm25_dir)
+    r = BM25Index.load(bm25_dir)
     assert r.search([], k=3) == []
     assert r.search(["zzzqqqxx", "", "the of and"], k=3) == [[], [], []]  # no shared term: no hits
     assert len(r.search(["war"], k=5000)[0]) <= 1000  # k is capped at the corpus size
@@ -230,8 +230,8 @@ def test_factory_errors_list_valid_names(bm25_dir: Path) -> None:
     with pytest.raises(ValueError, match="needs option"):
         build_retriever("http")
     assert set(RETRIEVER_KINDS) == {"bm25", "dense", "http", "index", "memory"}
-    assert isinstance(build_retriever("index", index=bm25_dir), BM25Retriever)
-    assert isinstance(load_retriever(bm25_dir, mmap=False), BM25Retriever)
+    assert isinstance(build_retriever("index", index=bm25_dir), BM25Index)
+    assert isinstance(load_retriever(bm25_dir, mmap=False), BM25Index)
     with pytest.raises(FileNotFoundError, match="not an ssrl-trl index"):
         load_retriever(bm25_dir.parent)
 
@@ -269,3 +269,36 @@ def test_index_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (tmp_path / "other" / "keep.txt").exists()
     assert index_main(["--corpus", str(CORPUS), "--kind", "dense", "--out", str(tmp_path / "d")]) == 2
     assert "needs --model" in capsys.readouterr().err
+
+
+def _build_if_missing(index: str, corpus: str) -> None:
+    from ssrl_trl.retrieval.factory import ensure_index
+
+    ensure_index("bm25", index, corpus, quiet=True)
+
+
+def test_ensure_index_races_build_once_and_leave_a_complete_index(tmp_path: Path) -> None:
+    """Two processes that find the index missing at once (two ranks of one launch) end with one
+    complete index; a folder left by a killed build is discarded, never loaded."""
+    import multiprocessing
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": str(i), "contents": f"T{i}\nword{i} shared text"}) + "\n" for i in range(50)
+        )
+    )
+    index = tmp_path / "idx" / "bm25"
+    index.parent.mkdir()
+    (index.parent / ".bm25.building").mkdir()  # a killed build's leftovers
+    (index.parent / ".bm25.building" / "junk").write_text("x")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_build_if_missing, args=(str(index), str(corpus))) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert not (index.parent / ".bm25.building").exists() and not (index / "junk").exists()
+    loaded = BM25Index.load(index)
+    assert loaded.search(["word7"], k=1)[0][0].id == "7"

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ssrl_trl.retrieval import Doc
-from ssrl_trl.retrieval.bm25 import BM25Index, BM25Retriever
+from ssrl_trl.retrieval.bm25 import BM25Index
 from ssrl_trl.retrieval.corpus import iter_corpus
 from ssrl_trl.retrieval.factory import InMemoryRetriever
 from ssrl_trl.retrieval.server import ServerLimits, create_app, running_server
@@ -39,12 +39,12 @@ def bm25_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def retriever(bm25_dir: Path) -> BM25Retriever:
-    return BM25Retriever.load(bm25_dir)
+def retriever(bm25_dir: Path) -> BM25Index:
+    return BM25Index.load(bm25_dir)
 
 
 @pytest.fixture(scope="module")
-def url(retriever: BM25Retriever):
+def url(retriever: BM25Index):
     with running_server(create_app(retriever, LIMITS)) as base:
         yield base
 
@@ -55,7 +55,7 @@ def http(url: str):
         yield client
 
 
-def test_search_r1_schema_with_scores(http: httpx.Client, retriever: BM25Retriever) -> None:
+def test_search_r1_schema_with_scores(http: httpx.Client, retriever: BM25Index) -> None:
     resp = http.post("/retrieve", json={"queries": QUERIES, "topk": 4, "return_scores": True})
     assert resp.status_code == 200
     body = resp.json()
@@ -68,14 +68,14 @@ def test_search_r1_schema_with_scores(http: httpx.Client, retriever: BM25Retriev
     assert len(body["result"][0]) == 4 and body["result"][2] == []  # no shared term: no hits
 
 
-def test_search_r1_schema_without_scores(http: httpx.Client, retriever: BM25Retriever) -> None:
+def test_search_r1_schema_without_scores(http: httpx.Client, retriever: BM25Index) -> None:
     body = http.post("/retrieve", json={"queries": QUERIES[:2]}).json()  # Search-R1 defaults
     expected = retriever.search(QUERIES[:2], 3)  # default topk is 3
     assert body == {"result": [[{"id": d.id, "contents": d.contents} for d in docs] for docs in expected]}
     assert http.post("/retrieve", json={"queries": [], "topk": 3}).json() == {"result": []}
 
 
-def test_r1_searcher_schema(http: httpx.Client, retriever: BM25Retriever) -> None:
+def test_r1_searcher_schema(http: httpx.Client, retriever: BM25Index) -> None:
     resp = http.post("/queries", json={"queries": QUERIES, "k": 2})
     assert resp.status_code == 200
     expected = retriever.search(QUERIES, 2)
@@ -87,7 +87,7 @@ def test_health(http: httpx.Client) -> None:
     resp = http.get("/health")
     body = resp.json()
     assert resp.status_code == 200 and body["status"] == "ok"
-    assert "BM25Retriever" in body["retriever"]["name"] and body["retriever"]["last_error"] is None
+    assert "BM25Index" in body["retriever"]["name"] and body["retriever"]["last_error"] is None
     assert body["batcher"]["running"] is True and body["batcher"]["search_calls"] == body["search_calls"]
 
 
@@ -262,7 +262,7 @@ def test_an_oversized_answer_is_refused_with_413() -> None:
 
 def test_health_degrades_when_the_document_store_is_truncated_under_the_server(tmp_path: Path) -> None:
     BM25Index.build(iter_corpus(CORPUS, limit=200), tmp_path / "idx", show_progress=False)
-    retriever = BM25Retriever.load(tmp_path / "idx")
+    retriever = BM25Index.load(tmp_path / "idx")
     with running_server(create_app(retriever)) as base, httpx.Client(base_url=base) as client:
         query = {"queries": ["history of the roman empire"], "topk": 3}
         assert client.post("/retrieve", json=query).status_code == 200

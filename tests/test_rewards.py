@@ -377,18 +377,18 @@ def test_rollout_search_count_is_preferred_over_recounting():
     ],
 )
 def test_format_reward(method, completion, expected):
-    reward = FormatReward(method=method)
+    reward = FormatReward(tags=method)
     assert reward(prompts=["q"], completions=[completion]) == [expected]  # needs no golden column
     assert reward(prompts=["q"], completions=[chat(completion)]) == [expected]
 
 
-def test_format_reward_rejects_unknown_method():
-    with pytest.raises(ValueError, match="unknown format method 'nope'.*r1_searcher"):
-        FormatReward(method="nope")
+def test_format_reward_rejects_unknown_tag_set():
+    with pytest.raises(ValueError, match="unknown tag set 'nope'.*r1_searcher"):
+        FormatReward(tags="nope")
 
 
 def test_format_reward_tags_can_be_overridden():
-    reward = FormatReward(method="search_r1", tags="r1_searcher")
+    reward = FormatReward(tags="search_r1").with_tags("r1_searcher")
     assert reward.tags is R1_SEARCHER
     assert reward(completions=["<think>x</think>" + R1_ROUND + "<answer>a</answer>"]) == [1.0]
 
@@ -514,7 +514,7 @@ def test_recipe_entry_points(entry, cls, tag_set):
     assert type(entry) is cls
     assert entry.tags.name == tag_set
     if isinstance(entry, FormatReward):
-        assert entry.check == tag_set
+        assert entry.tags.format_check.name == tag_set
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ssrl_trl.detok import token_texts
 from ssrl_trl.environments import RetrievalEnv, SelfSearchEnv
 from ssrl_trl.environments.retrieval import RetrieverUnavailable
 from ssrl_trl.protocol import R1_SEARCHER, SEARCH_R1, SSRL, find_spans
 from ssrl_trl.retrieval.base import Doc, RetrieverError
 from ssrl_trl.rollout import Budgets, RolloutEngine, ScriptedBackend
-from ssrl_trl.rollout.detok import token_texts
 
 
 class EchoRetriever:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import write_tiny_recipe
-from ssrl_trl.rollout.trajectory import Trajectory
 from ssrl_trl.rollout.trl_adapter import SearchRollout
+from ssrl_trl.trajectory import Trajectory
 from ssrl_trl.viewer import main as view
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,15 +24,12 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from .callbacks import log_number, record_log
+
 __all__ = ["COST_OPTIONS", "CostCallback"]
 
 #: options a recipe may set under ``health: {cost: {...}}``
 COST_OPTIONS = ("filename", "print_summary")
-
-
-def _num(logs: dict, key: str) -> float | None:
-    value = logs.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class CostCallback(TrainerCallback):
@@ -75,7 +72,7 @@ class CostCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs if logs is not None else {}
-        step_time = _num(logs, "step_time")
+        step_time = log_number(logs, "step_time")
         if step_time is None or not self.totals:
             return
         steps = max(state.global_step - self._last_step, 1)
@@ -90,20 +87,20 @@ class CostCallback(TrainerCallback):
         t = self.totals
         t["steps"] += steps
         t["step_seconds"] += step_time * steps
-        rollout_s = _num(logs, "rollout/seconds")
+        rollout_s = log_number(logs, "rollout/seconds")
         out: dict[str, float] = {}
         if rollout_s is not None:
             per_step_rollout = rollout_s * calls / steps
             t["rollout_seconds"] += rollout_s * calls
-            t["generation_seconds"] += (_num(logs, "rollout/generation_seconds") or 0.0) * calls
-            t["environment_seconds"] += (_num(logs, "rollout/environment_seconds") or 0.0) * calls
+            t["generation_seconds"] += (log_number(logs, "rollout/generation_seconds") or 0.0) * calls
+            t["environment_seconds"] += (log_number(logs, "rollout/environment_seconds") or 0.0) * calls
             t["trajectories"] += rows * world
             t["tokens_generated"] += (
-                (_num(logs, "rollout/tokens_per_second") or 0.0) * rollout_s * calls * world
+                (log_number(logs, "rollout/tokens_per_second") or 0.0) * rollout_s * calls * world
             )
-            t["observation_tokens"] += (_num(logs, "rollout/observation_tokens") or 0.0) * rows * world
-            t["searches"] += (_num(logs, "rollout/searches_per_trajectory") or 0.0) * rows * world
-            t["retriever_errors"] += (_num(logs, "rollout/retriever_errors") or 0.0) * calls * world
+            t["observation_tokens"] += (log_number(logs, "rollout/observation_tokens") or 0.0) * rows * world
+            t["searches"] += (log_number(logs, "rollout/searches_per_trajectory") or 0.0) * rows * world
+            t["retriever_errors"] += (log_number(logs, "rollout/retriever_errors") or 0.0) * calls * world
             if step_time > 0:
                 share = min(per_step_rollout / step_time, 1.0)
                 out["cost/rollout_share"] = share
@@ -111,9 +108,7 @@ class CostCallback(TrainerCallback):
             out["cost/optimisation_seconds"] = max(step_time - per_step_rollout, 0.0)
             out["cost/tokens_generated"] = t["tokens_generated"]
             out["cost/searches"] = t["searches"]
-        logs.update(out)
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update(out)
+        record_log(state, logs, out)
 
     def summary(self, args, state) -> dict[str, Any]:
         t = self.totals

@@ -1,17 +1,33 @@
-"""Format checks of whole completions, one per method.
+"""Format checks of whole completions: each method's grammar, as a value a tag set carries.
 
-They read the tag set, never hard-coded tags, and never raise on model output. The rewards
+A :class:`FormatCheck` scores a completion in [0, 1] (0: the format is broken). Every tag set
+holds the check of its grammar (``TagSet.format_check``), so the format reward, the held-out
+evaluation and ``ssrl-trl eval`` ask the tag set instead of switching on a method's name; a
+recipe's custom tag set names one of :data:`FORMAT_CHECKS` (or inherits its method's).
+
+The checks read the tag set, never hard-coded tags, and never raise on model output. The rewards
 combine them with the answer metrics of :mod:`ssrl_trl.scoring`.
 """
 
 from __future__ import annotations
 
-from .protocol import SEARCH_R1, SSRL, TagSet, find_spans
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .spans import find_spans
+
+if TYPE_CHECKING:
+    from .protocol import TagSet
 
 __all__ = [
     "FORMAT_CHECKS",
     "PLACEHOLDER_QUERIES",
-    "format_valid",
+    "R1_SEARCHER_FORMAT",
+    "SEARCH_R1_FORMAT",
+    "SSRL_FORMAT",
+    "FormatCheck",
+    "get_format_check",
     "r1_searcher_format_valid",
     "search_r1_format_valid",
     "ssrl_format_score",
@@ -21,6 +37,16 @@ __all__ = [
 PLACEHOLDER_QUERIES = frozenset(
     {"", "query", "your query", "search query", "...", "…", "q", "question", "none"}
 )
+
+
+def _tags(tags: TagSet | None, name: str) -> TagSet:
+    """The given tag set, or the named built-in one (the tag sets import this module, so the
+    default is looked up when a check is called without tags)."""
+    if tags is not None:
+        return tags
+    from .protocol import TAG_SETS
+
+    return TAG_SETS[name]
 
 
 def _queries_ok(text: str, tags: TagSet) -> bool:
@@ -38,17 +64,14 @@ def _queries_ok(text: str, tags: TagSet) -> bool:
 def _balance(text: str, tags: TagSet) -> float:
     """Mean over tag kinds of min(#open, #close) / max(#open, #close); 1.0 when all pairs match."""
     ratios = []
-    pairs = [tags.search, tags.information, tags.answer]
-    if tags.think is not None:
-        pairs.append(tags.think)
-    for opening, closing in pairs:
+    for opening, closing in tags.pairs().values():
         n_open, n_close = text.count(opening), text.count(closing)
         if n_open or n_close:
             ratios.append(min(n_open, n_close) / max(n_open, n_close))
     return sum(ratios) / len(ratios) if ratios else 0.0
 
 
-def ssrl_format_score(text: str, tags: TagSet = SSRL, *, max_think: int = 8) -> float:
+def ssrl_format_score(text: str, tags: TagSet | None = None, *, max_think: int = 8) -> float:
     """SSRL's format score in [0, 1].
 
     Zero unless the completion starts with the think tag, ends with the answer's closing tag,
@@ -63,6 +86,7 @@ def ssrl_format_score(text: str, tags: TagSet = SSRL, *, max_think: int = 8) -> 
     """
     if not isinstance(text, str):
         return 0.0
+    tags = _tags(tags, "ssrl")
     body = text.strip()
     think_open = tags.think[0] if tags.think else None
     if think_open and not body.startswith(think_open):
@@ -75,7 +99,7 @@ def ssrl_format_score(text: str, tags: TagSet = SSRL, *, max_think: int = 8) -> 
     return min(0.5 * n_think, 1.0) * _balance(body, tags)
 
 
-def search_r1_format_valid(text: str, tags: TagSet = SEARCH_R1) -> bool:
+def search_r1_format_valid(text: str, tags: TagSet | None = None) -> bool:
     """Search-R1's sequence grammar: ``think (search information think?)* answer``.
 
     Only whitespace may stand between blocks; after an information block the model may think,
@@ -87,9 +111,8 @@ def search_r1_format_valid(text: str, tags: TagSet = SEARCH_R1) -> bool:
     """
     if not isinstance(text, str):
         return False
-    blocks = {"search": tags.search, "information": tags.information, "answer": tags.answer}
-    if tags.think is not None:
-        blocks["think"] = tags.think
+    tags = _tags(tags, "search_r1")
+    blocks = tags.pairs()
     allowed_after = {
         "start": {"think"} if tags.think else {"search", "answer"},
         "think": {"search", "answer"},
@@ -142,18 +165,49 @@ def r1_searcher_format_valid(text: str, tags: TagSet) -> bool:
     return _queries_ok(body, tags)
 
 
-#: The format check of each method, as a yes/no question (SSRL: its score's hard conditions hold).
-FORMAT_CHECKS = ("search_r1", "ssrl", "r1_searcher")
+@dataclass(frozen=True)
+class FormatCheck:
+    """A method's grammar as a value: ``score(text, tags)`` in [0, 1], 0 when the format is broken.
+
+    ``valid`` is the yes/no question evaluation reports (``format_valid``): SSRL's score above 0,
+    Search-R1's and R1-Searcher's grammars as they are.
+    """
+
+    name: str
+    score: Callable[[str, TagSet], float] = field(repr=False)
+
+    def __call__(self, text: str, tags: TagSet) -> float:
+        return self.score(text, tags)
+
+    def valid(self, text: str, tags: TagSet) -> bool:
+        return self.score(text, tags) > 0
 
 
-def format_valid(kind: str, text: str, tags: TagSet) -> bool:
-    """Whether ``text`` (the decoded completion, special tokens removed) follows method ``kind``'s
-    format: Search-R1's grammar, R1-Searcher's, or SSRL's (a score above 0: starts with think,
-    ends with the answer, every search answered by an information block, proper queries)."""
-    if kind == "search_r1":
-        return search_r1_format_valid(text, tags)
-    if kind == "r1_searcher":
-        return r1_searcher_format_valid(text, tags)
-    if kind == "ssrl":
-        return ssrl_format_score(text, tags) > 0
-    raise ValueError(f"unknown format check {kind!r}; choose one of {list(FORMAT_CHECKS)}")
+def _search_r1_score(text: str, tags: TagSet) -> float:
+    return float(search_r1_format_valid(text, tags))
+
+
+def _r1_searcher_score(text: str, tags: TagSet) -> float:
+    return float(r1_searcher_format_valid(text, tags))
+
+
+def _ssrl_score(text: str, tags: TagSet) -> float:
+    return ssrl_format_score(text, tags)
+
+
+SEARCH_R1_FORMAT = FormatCheck("search_r1", _search_r1_score)
+SSRL_FORMAT = FormatCheck("ssrl", _ssrl_score)
+R1_SEARCHER_FORMAT = FormatCheck("r1_searcher", _r1_searcher_score)
+#: The checks a recipe can name (``tags: {format: ...}``); register a new grammar by adding it here.
+FORMAT_CHECKS: dict[str, FormatCheck] = {
+    c.name: c for c in (SEARCH_R1_FORMAT, SSRL_FORMAT, R1_SEARCHER_FORMAT)
+}
+
+
+def get_format_check(name: str | FormatCheck) -> FormatCheck:
+    """The check named ``name`` (a recipe value); unknown names list the known ones."""
+    if isinstance(name, FormatCheck):
+        return name
+    if name not in FORMAT_CHECKS:
+        raise ValueError(f"unknown format check {name!r}; known: {', '.join(sorted(FORMAT_CHECKS))}")
+    return FORMAT_CHECKS[name]

@@ -40,7 +40,7 @@ def _say(message: str) -> None:
 
 
 def _any_rank(flag: bool) -> bool:
-    from .health import _any_rank as agree
+    from .health_guards import any_rank as agree
 
     return agree(flag)
 

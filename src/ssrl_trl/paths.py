@@ -1,6 +1,7 @@
-"""Validation of options that name a sub-folder of another folder (e.g. of ``output_dir``).
+"""Paths in recipes: resolving a recipe's relative paths, and validating options that name a
+sub-folder of another folder (e.g. of ``output_dir``).
 
-Such a folder is often emptied or pruned by the code that owns it, so a value of ``""``, ``"."``,
+A sub-folder is often emptied or pruned by the code that owns it, so a value of ``""``, ``"."``,
 ``".."``, an absolute path or ``"a/../../b"`` would point that deletion at the parent folder or
 anywhere on disk. Those values are refused up front, with the option's name in the message.
 """
@@ -10,7 +11,23 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
-__all__ = ["check_subfolder", "inside"]
+__all__ = ["check_subfolder", "inside", "resolve_path"]
+
+
+def resolve_path(value: str | None, base_dir: str | None) -> str | None:
+    """A recipe's relative path: as given if it exists from the working directory, else relative
+    to the recipe's folder ``base_dir`` (or up to three folders above it), else as given.
+    ``hf:`` dataset names and ``None`` pass through."""
+    if value is None or value.startswith("hf:"):
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute() or p.exists() or base_dir is None:
+        return str(p)
+    base = Path(base_dir)
+    for folder in (base, *list(base.parents)[:3]):
+        if (folder / p).exists():
+            return str(folder / p)
+    return str(p)
 
 
 def check_subfolder(option: str, value: object) -> str:

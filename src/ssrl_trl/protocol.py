@@ -1,8 +1,10 @@
 """Tag sets and the parsing of model output.
 
-Tags are defined once, here. The prompt templates, the rollout engine (stop strings, action
-parsing, masking) and the format rewards all read a :class:`TagSet`, so SSRL, Search-R1 and
-R1-Searcher are *values* of the same protocol, not separate code paths.
+Tags are defined once, here. A :class:`TagSet` is the whole grammar of a method: its tag pairs,
+its format check (:mod:`.formats`) and how documents are written into its information block
+(:mod:`.documents`). The prompt templates, the rollout engine (stop strings, action parsing,
+masking), the environments, the rewards and evaluation all read a tag set, so SSRL, Search-R1,
+R1-Searcher and a recipe's own tags are *values* of the same protocol, not separate code paths.
 
 Every function in this module takes arbitrary model output and never raises on it: malformed,
 unclosed, nested or repeated tags, empty content and 100k characters of garbage are all valid
@@ -12,8 +14,12 @@ regexes), so its cost is linear in the length of the text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from .documents import R1_SEARCHER_DOCUMENTS, SEARCH_R1_DOCUMENTS, DocumentStyle, get_document_style
+from .formats import R1_SEARCHER_FORMAT, SEARCH_R1_FORMAT, SSRL_FORMAT, FormatCheck, get_format_check
+from .spans import Span, find_spans
 
 __all__ = [
     "Action",
@@ -29,13 +35,16 @@ __all__ = [
     "parse_action",
 ]
 
-#: Queries longer than this are cut (and flagged) before they reach a retriever.
+#: Queries longer than this are cut before they reach a retriever.
 MAX_QUERY_CHARS = 1000
+
+_PAIRS = ("search", "information", "answer", "think")
 
 
 @dataclass(frozen=True)
 class TagSet:
-    """The tags of one method, as opening/closing string pairs.
+    """The grammar of one method: tag pairs (opening, closing), the format check that scores a
+    completion, and the style in which retrieved documents are inserted.
 
     ``think`` may be ``None`` for protocols without a reasoning tag. All other pairs are required.
     """
@@ -45,11 +54,11 @@ class TagSet:
     information: tuple[str, str]
     answer: tuple[str, str]
     think: tuple[str, str] | None = ("<think>", "</think>")
+    format_check: FormatCheck = SEARCH_R1_FORMAT
+    documents: DocumentStyle = SEARCH_R1_DOCUMENTS
 
     def __post_init__(self) -> None:
-        pairs = {"search": self.search, "information": self.information, "answer": self.answer}
-        if self.think is not None:
-            pairs["think"] = self.think
+        pairs = {k: getattr(self, k) for k in _PAIRS if getattr(self, k) is not None}
         for key, pair in pairs.items():
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
                 raise ValueError(f"tag set {self.name!r}: {key} must be a pair [open, close], got {pair!r}")
@@ -64,6 +73,22 @@ class TagSet:
         if len(set(flat)) != len(flat):
             raise ValueError(f"tag set {self.name!r}: tags must be distinct, got {flat}")
 
+    def pairs(self) -> dict[str, tuple[str, str]]:
+        """Every tag pair by kind (search, information, answer, then think when there is one)."""
+        return {k: getattr(self, k) for k in _PAIRS if getattr(self, k) is not None}
+
+    def format_score(self, text: str) -> float:
+        """This grammar's format score of a completion, in [0, 1] (0: broken)."""
+        return self.format_check(text, self)
+
+    def format_valid(self, text: str) -> bool:
+        """Whether a completion follows this grammar (what evaluation reports as ``format_valid``)."""
+        return self.format_check.valid(text, self)
+
+    def observation_wrap(self) -> tuple[str, str]:
+        """The text before and after inserted documents (the information tags in this style)."""
+        return self.documents.wrap(self.information)
+
     @property
     def stop_on_search(self) -> list[str]:
         """Stop strings for a multi-turn retrieval loop: pause after a query or an answer."""
@@ -75,9 +100,13 @@ class TagSet:
         return [self.answer[1]]
 
     @classmethod
-    def from_dict(cls, data: dict) -> TagSet:
-        """Build a user-defined tag set from a recipe mapping (``{name, search: [o, c], ...}``)."""
-        allowed = {"name", "search", "information", "answer", "think"}
+    def from_dict(cls, data: dict[str, Any], base: TagSet | None = None) -> TagSet:
+        """Build a user-defined tag set from a recipe mapping (``{name, search: [o, c], ...}``).
+
+        ``format`` and ``documents`` name a format check and a document style; left out, they are
+        those of ``base`` (the recipe method's tag set), else Search-R1's.
+        """
+        allowed = {"name", "search", "information", "answer", "think", "format", "documents"}
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"unknown tag-set keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -85,12 +114,15 @@ class TagSet:
         if missing:
             raise ValueError(f"tag set is missing {sorted(missing)}")
         think = data.get("think", ("<think>", "</think>"))
+        base = base or SEARCH_R1
         return cls(
             name=str(data.get("name", "custom")),
             search=tuple(data["search"]),
             information=tuple(data["information"]),
             answer=tuple(data["answer"]),
             think=tuple(think) if think is not None else None,
+            format_check=get_format_check(data.get("format", base.format_check)),
+            documents=get_document_style(data.get("documents", base.documents)),
         )
 
 
@@ -101,76 +133,28 @@ SEARCH_R1 = TagSet(
     answer=("<answer>", "</answer>"),
 )
 #: SSRL uses exactly the Search-R1 tags; the model writes the information block itself.
-SSRL = TagSet(
-    name="ssrl",
-    search=SEARCH_R1.search,
-    information=SEARCH_R1.information,
-    answer=SEARCH_R1.answer,
-)
+SSRL = replace(SEARCH_R1, name="ssrl", format_check=SSRL_FORMAT)
 R1_SEARCHER = TagSet(
     name="r1_searcher",
     search=("<|begin_of_query|>", "<|end_of_query|>"),
     information=("<|begin_of_documents|>", "<|end_of_documents|>"),
     answer=("<answer>", "</answer>"),
+    format_check=R1_SEARCHER_FORMAT,
+    documents=R1_SEARCHER_DOCUMENTS,
 )
 TAG_SETS: dict[str, TagSet] = {t.name: t for t in (SEARCH_R1, SSRL, R1_SEARCHER)}
 
 
-def get_tag_set(spec: str | dict | TagSet) -> TagSet:
-    """Resolve a recipe value (a name, a mapping, or a TagSet) to a TagSet."""
+def get_tag_set(spec: str | dict | TagSet, base: str | TagSet | None = None) -> TagSet:
+    """Resolve a recipe value (a name, a mapping, or a TagSet) to a TagSet; a mapping takes the
+    format check and document style it does not name from ``base`` (a method's tag set)."""
     if isinstance(spec, TagSet):
         return spec
     if isinstance(spec, dict):
-        return TagSet.from_dict(spec)
+        return TagSet.from_dict(spec, get_tag_set(base) if base is not None else None)
     if isinstance(spec, str) and spec in TAG_SETS:
         return TAG_SETS[spec]
     raise ValueError(f"unknown tag set {spec!r}; choose one of {sorted(TAG_SETS)} or give a mapping")
-
-
-@dataclass(frozen=True)
-class Span:
-    """A tagged block: ``text[start:end]`` is the whole block including tags (if closed);
-    ``text[inner_start:inner_end]`` is its content."""
-
-    start: int
-    end: int
-    inner_start: int
-    inner_end: int
-    closed: bool
-
-    def content(self, text: str) -> str:
-        return text[self.inner_start : self.inner_end]
-
-
-def find_spans(text: str, tags: tuple[str, str], *, include_unclosed: bool = False) -> list[Span]:
-    """All blocks opened by ``tags[0]`` and closed by the next ``tags[1]``, left to right.
-
-    Blocks may span many lines (the DOTALL bug of public self-search code cannot happen: this is
-    substring search). A nested opening tag inside a block belongs to that block's content, so a
-    span is never shorter than what the model wrote between the outermost open and the first close.
-    A close without an open is ignored. With ``include_unclosed`` a trailing open block without a
-    close is returned with ``closed=False`` running to the end of the text (used to mask a
-    self-written information block cut off by the token budget).
-    """
-    if not isinstance(text, str):
-        return []
-    opening, closing = tags
-    spans: list[Span] = []
-    pos = 0
-    while True:
-        start = text.find(opening, pos)
-        if start < 0:
-            break
-        inner_start = start + len(opening)
-        close = text.find(closing, inner_start)
-        if close < 0:
-            if include_unclosed:
-                spans.append(Span(start, len(text), inner_start, len(text), closed=False))
-            break
-        end = close + len(closing)
-        spans.append(Span(start, end, inner_start, close, closed=True))
-        pos = end
-    return spans
 
 
 def _innermost_content(text: str, tags: tuple[str, str], close_at: int) -> tuple[int, str] | None:
@@ -219,14 +203,11 @@ class Action:
     content: str = ""
     error: str = ""
     end: int = -1
-    query_truncated: bool = field(default=False, compare=False)
 
 
-def _clean_query(raw: str) -> tuple[str, bool]:
-    query = " ".join(raw.split())
-    if len(query) > MAX_QUERY_CHARS:
-        return query[:MAX_QUERY_CHARS], True
-    return query, False
+def _clean_query(raw: str) -> str:
+    """One line, at most :data:`MAX_QUERY_CHARS` characters."""
+    return " ".join(raw.split())[:MAX_QUERY_CHARS]
 
 
 def parse_action(turn_text: str, tags: TagSet = SEARCH_R1) -> Action:
@@ -257,7 +238,7 @@ def parse_action(turn_text: str, tags: TagSet = SEARCH_R1) -> Action:
     end = close_at + len(pair[1])
     if kind == "answer":
         return Action("answer", content=content.strip(), end=end)
-    query, truncated = _clean_query(content)
+    query = _clean_query(content)
     if not query:
         return Action("invalid", error="empty search query", end=end)
-    return Action("search", content=query, end=end, query_truncated=truncated)
+    return Action("search", content=query, end=end)

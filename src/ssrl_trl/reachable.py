@@ -103,12 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _open_index(index: str, corpus: str | None):
-    from .retrieval.bm25 import BM25Index, BM25Retriever
+    from .retrieval.bm25 import BM25Index
+    from .retrieval.factory import ensure_index
 
-    if not Path(index).exists():
-        if corpus is None:
-            raise FileNotFoundError(f"BM25 index {index} is missing; pass --corpus to build it")
-        from .retrieval.corpus import iter_corpus
-
-        BM25Index.build(iter_corpus(corpus), index, show_progress=False)
-    return BM25Retriever.load(index)
+    ensure_index("bm25", index, corpus, quiet=True)
+    return BM25Index.load(index)

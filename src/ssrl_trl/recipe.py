@@ -14,12 +14,26 @@ import importlib
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "resolve_dotted"]
+from .budgets import Budgets
+from .paths import resolve_path
+
+if TYPE_CHECKING:
+    from .protocol import TagSet
+
+__all__ = ["Recipe", "RecipeError", "load_recipe", "apply_overrides", "resolve_dotted", "with_values"]
 
 
 class RecipeError(ValueError):
@@ -82,47 +96,30 @@ class DataSpec(_Section):
         return [{"path": v} if isinstance(v, str) else v for v in value]
 
 
-class RetrieverSpec(_Section):
-    kind: Literal["bm25", "dense", "http", "index"] = "bm25"
-    index: str | None = None
-    corpus: str | None = Field(None, description="build the index from this corpus if it does not exist yet")
-    url: str | None = None
-    options: dict[str, Any] = {}
-
-    @model_validator(mode="after")
-    def _check(self) -> RetrieverSpec:
-        if self.kind == "http" and not self.url:
-            raise ValueError("retriever kind 'http' needs url")
-        if self.kind != "http" and not self.index:
-            raise ValueError(
-                f"retriever kind {self.kind!r} needs index (a directory; add corpus to build it)"
-            )
-        return self
-
-
 class EnvironmentSpec(_Section):
-    kind: Literal["self_search", "retrieval"]
-    topk: int = Field(3, ge=1, le=50)
-    mask_tags: bool = Field(True, description="self-search: also mask the <information> tags themselves")
-    retriever: RetrieverSpec | None = None
-    max_consecutive_failures: int = Field(20, ge=1)
+    """``kind`` names a registered environment (:mod:`ssrl_trl.environments.registry`); the other
+    keys are that kind's options, validated against its typed spec (``options``)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    kind: str
     response_prefix: str | None = Field(
         None,
         description='text forced at the start of every completion (e.g. "<think>"), masked from the loss',
     )
+    _options: Any = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _check(self) -> EnvironmentSpec:
-        if self.kind == "retrieval" and self.retriever is None:
-            raise ValueError("environment kind 'retrieval' needs a retriever section")
+    def _kind_options(self) -> EnvironmentSpec:
+        from .environments.registry import environment_options
+
+        self._options = environment_options(self.kind, dict(self.model_extra or {}))
         return self
 
-
-class BudgetSpec(_Section):
-    max_turns: int = Field(4, ge=1)
-    max_tokens_per_turn: int = Field(500, ge=1)
-    max_obs_tokens: int = Field(500, ge=0)
-    answer_reserve_tokens: int = Field(32, ge=0)
+    @property
+    def options(self) -> Any:
+        """The kind's options, typed (e.g. ``RetrievalOptions``: topk, retriever, ...)."""
+        return self._options
 
 
 class RolloutSpec(_Section):
@@ -167,7 +164,7 @@ class Recipe(_Section):
     model: ModelSpec
     data: DataSpec
     environment: EnvironmentSpec
-    budgets: BudgetSpec = BudgetSpec()
+    budgets: Budgets = Budgets()
     rollout: RolloutSpec = RolloutSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     tags: str | dict[str, Any] | None = Field(
@@ -187,19 +184,32 @@ class Recipe(_Section):
             raise ValueError("at least one reward is needed")
         return value
 
+    @field_validator("budgets")
+    @classmethod
+    def _completion_cap_is_grpo(cls, value: Budgets) -> Budgets:
+        if "max_completion_tokens" in value.model_fields_set:
+            raise ValueError("set the completion cap as grpo.max_completion_length (TRL's name), not here")
+        return value
+
+    @model_validator(mode="after")
+    def _tags_resolve(self) -> Recipe:
+        try:
+            self.tag_set()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tags: {exc}") from None
+        return self
+
+    def tag_set(self) -> TagSet:
+        """The recipe's tag set: ``tags`` (a name or a mapping, which takes the format check and
+        document style it does not name from the method's tags), else the method's."""
+        from .protocol import get_tag_set
+
+        return get_tag_set(self.tags if self.tags is not None else self.method, base=self.method)
+
     def path(self, value: str | None) -> str | None:
         """Resolve a relative path: as given if it exists from the working directory, else
-        relative to the recipe file."""
-        if value is None or value.startswith("hf:"):
-            return value
-        p = Path(value).expanduser()
-        if p.is_absolute() or p.exists() or self.base_dir is None:
-            return str(p)
-        base_dir = Path(self.base_dir)
-        for base in (base_dir, *list(base_dir.parents)[:3]):
-            if (base / p).exists():
-                return str(base / p)
-        return str(p)
+        relative to the recipe file (:func:`~ssrl_trl.paths.resolve_path`)."""
+        return resolve_path(value, self.base_dir)
 
 
 def _grpo_fields() -> set[str]:
@@ -282,10 +292,13 @@ def _format_validation(exc: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid recipe"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
+        ctx = err.get("ctx") or {}
         if err["type"] == "extra_forbidden":
             lines.append(f"  unknown key {loc!r}")
         elif err["type"] == "literal_error":
             lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+        elif err["type"] == "value_error" and "error" in ctx:  # our own checks: their message as is
+            lines.append(f"  {loc}: {ctx['error']}" if loc else f"  {ctx['error']}")
         else:
             lines.append(f"  {loc}: {err['msg']}")
     return "\n".join(lines)
@@ -321,6 +334,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, check_f
     return recipe
 
 
+def with_values(recipe: Recipe, values: dict[str, Any], where: str = "recipe") -> Recipe:
+    """The recipe with dotted ``values`` set (``{"budgets.max_turns": 2}``) and validated again,
+    so an override is checked exactly like the file's own value (``ssrl-trl eval --recipe``)."""
+    data = recipe.model_dump(exclude_unset=True)
+    for key, value in values.items():
+        _set_dotted(data, key, value)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation(exc, where)) from None
+
+
 def _check_files(recipe: Recipe, where: str) -> None:
     from .prompts import TEMPLATES
 
@@ -333,12 +358,17 @@ def _check_files(recipe: Recipe, where: str) -> None:
         raise RecipeError(
             f"{where}: prompt_template {template!r} is neither built-in {sorted(TEMPLATES)} nor a file"
         )
-    retriever = recipe.environment.retriever
-    if retriever is not None and retriever.kind != "http":
+    retriever = getattr(recipe.environment.options, "retriever", None)
+    if retriever is not None and retriever.index is not None:
         index, corpus = recipe.path(retriever.index), recipe.path(retriever.corpus)
         if not Path(index).exists() and (corpus is None or not Path(corpus).exists()):
             raise RecipeError(
                 f"{where}: retriever index {retriever.index!r} not found and no corpus to build it from"
+            )
+        if not Path(index).exists() and retriever.kind != "bm25":
+            raise RecipeError(
+                f"{where}: {retriever.kind} index {retriever.index!r} not found; build it with "
+                f"`ssrl-trl index --kind {retriever.kind}` (only BM25 is built from the corpus)"
             )
 
 

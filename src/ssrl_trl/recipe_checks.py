@@ -13,7 +13,6 @@ naming the file and the key:
 * ``rewards``: every path imports (an error raised while importing the module is reported with
   its message), resolves to a callable or, with ``kwargs``, to a factory whose result is
   callable; weights are finite;
-* ``environment.retriever``: known options for its kind, an ``http(s)://`` URL;
 * ``grpo.output_dir``: a folder that can be created and written;
 * ``data``: each file has rows, the question and answer columns, and answers that are not empty
   after normalisation (an empty normalised answer would match every prediction under cover-EM).
@@ -37,47 +36,63 @@ def check_before_load(recipe: Any, where: str, *, check_files: bool = True) -> N
     _check_grpo_values(recipe.grpo, where)
     _check_health(recipe.health, where)
     build_rewards(recipe, where)
-    _check_retriever(recipe, where)
     if check_files:
         _check_output_dir(recipe, where)
         _check_data(recipe, where)
 
 
 def build_rewards(recipe: Any, where: str = "recipe") -> tuple[list[Any], list[float]]:
-    """The recipe's reward callables and weights (what ``GRPOTrainer`` gets)."""
-    from .recipe import RecipeError, resolve_dotted
+    """The recipe's reward callables and weights (what ``GRPOTrainer`` gets).
 
+    A reward that can score another tag set (``with_tags``, as every ``ssrl_trl.rewards`` class
+    can) is bound to the recipe's tags, unless its ``kwargs`` name ``tags`` themselves: a reward
+    scores the grammar the model is prompted with, renamed tags included.
+    """
+    from .recipe import RecipeError
+
+    tags = recipe.tag_set()
     funcs, weights = [], []
     for i, spec in enumerate(recipe.rewards):
-        key = f"rewards[{i}] ({spec.path})"
-        if not math.isfinite(spec.weight):
-            raise RecipeError(f"{where}: {key}: weight must be a finite number, got {spec.weight}")
-        try:
-            obj = resolve_dotted(spec.path)
-        except Exception as exc:  # a module that fails to import is the user's code: report its message
-            raise RecipeError(f"{where}: {key} cannot be imported: {type(exc).__name__}: {exc}") from None
-        if spec.kwargs is not None:
-            if not isinstance(obj, type) and hasattr(obj, "score"):
-                raise RecipeError(
-                    f"{where}: {key} is a reward object, not a factory, so it takes no kwargs; "
-                    f"use its make_* factory (e.g. rewards.shaping.make_search_count)"
-                )
-            try:
-                obj = obj(**spec.kwargs)  # a factory / reward class with parameters
-            except Exception as exc:
-                raise RecipeError(
-                    f"{where}: {key} with kwargs {spec.kwargs}: {type(exc).__name__}: {exc}"
-                ) from None
-        elif isinstance(obj, type):
-            try:
-                obj = obj()
-            except Exception as exc:
-                raise RecipeError(f"{where}: {key}: {type(exc).__name__}: {exc}") from None
+        obj = _reward(spec, f"rewards[{i}] ({spec.path})", where)
+        if callable(getattr(obj, "with_tags", None)) and "tags" not in (spec.kwargs or {}):
+            obj = obj.with_tags(tags)
         if not callable(obj):
-            raise RecipeError(f"{where}: {key} is not callable (got {type(obj).__name__})")
+            raise RecipeError(
+                f"{where}: rewards[{i}] ({spec.path}) is not callable (got {type(obj).__name__})"
+            )
         funcs.append(obj)
         weights.append(float(spec.weight))
     return funcs, weights
+
+
+def _reward(spec: Any, key: str, where: str) -> Any:
+    """The object a reward spec names: imported, and called with its kwargs if it is a factory."""
+    from .recipe import RecipeError, resolve_dotted
+
+    if not math.isfinite(spec.weight):
+        raise RecipeError(f"{where}: {key}: weight must be a finite number, got {spec.weight}")
+    try:
+        obj = resolve_dotted(spec.path)
+    except Exception as exc:  # a module that fails to import is the user's code: report its message
+        raise RecipeError(f"{where}: {key} cannot be imported: {type(exc).__name__}: {exc}") from None
+    if spec.kwargs is not None:
+        if not isinstance(obj, type) and hasattr(obj, "score"):
+            raise RecipeError(
+                f"{where}: {key} is a reward object, not a factory, so it takes no kwargs; "
+                f"use its make_* factory (e.g. rewards.shaping.make_search_count)"
+            )
+        try:
+            return obj(**spec.kwargs)  # a factory / reward class with parameters
+        except Exception as exc:
+            raise RecipeError(
+                f"{where}: {key} with kwargs {spec.kwargs}: {type(exc).__name__}: {exc}"
+            ) from None
+    if isinstance(obj, type):
+        try:
+            return obj()
+        except Exception as exc:
+            raise RecipeError(f"{where}: {key}: {type(exc).__name__}: {exc}") from None
+    return obj
 
 
 # -- grpo ------------------------------------------------------------------------------------------
@@ -192,24 +207,6 @@ def _check_health(health: dict[str, Any], where: str) -> None:
         build_health_callbacks(health)
     except (ValueError, TypeError) as exc:
         raise RecipeError(f"{where}: health: {exc}") from None
-
-
-def _check_retriever(recipe: Any, where: str) -> None:
-    from .recipe import RecipeError
-    from .retrieval.factory import check_retriever_options
-
-    spec = recipe.environment.retriever
-    if spec is None:
-        return
-    options = dict(spec.options)
-    if spec.kind == "http":
-        options["url"] = spec.url
-    else:
-        options["index"] = spec.index
-    try:
-        check_retriever_options(spec.kind, options)
-    except ValueError as exc:
-        raise RecipeError(f"{where}: environment.retriever: {exc}") from None
 
 
 def _check_output_dir(recipe: Any, where: str) -> None:

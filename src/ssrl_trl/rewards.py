@@ -6,6 +6,11 @@ answers come from a dataset column (``golden_answers`` unless ``golden_key`` say
 counts the rollout already knows (``num_searches``, ``truncated``) come from its extras, and are
 recomputed from the text only when a reward is used without the ssrl-trl rollout.
 
+Every reward reads a tag set (``tags``, default: its method's) and can be re-bound to another
+with :meth:`with_tags`; a recipe's rewards are bound to the recipe's tags, so renamed tags are
+scored as they are prompted. The format reward asks the tag set for its grammar
+(``TagSet.format_check``), never a method's name.
+
 A reward never returns NaN and never raises on model output. Missing golden answers are a bug in
 the data, not model behaviour, so they raise with the column name.
 
@@ -21,6 +26,7 @@ the data, not model behaviour, so they raise with the column name.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,6 +70,12 @@ class _Reward:
     def __init__(self, golden_key: str = "golden_answers", tags: TagSet | str | dict = SEARCH_R1) -> None:
         self.golden_key = golden_key
         self.tags = get_tag_set(tags)
+
+    def with_tags(self, tags: TagSet | str | dict) -> _Reward:
+        """The same reward scoring against ``tags`` (a copy; this one is unchanged)."""
+        clone = copy.copy(self)
+        clone.tags = get_tag_set(tags)
+        return clone
 
     def _golden(self, kwargs: dict, n: int) -> list:
         if self.golden_key not in kwargs:
@@ -231,30 +243,17 @@ class R1SearcherStage2Reward(_Reward):
         return [s if ok else self.format_penalty for s, ok in zip(f1s, fmts, strict=True)]
 
 
-_FORMAT_CHECKS = {
-    "ssrl": lambda text, tags: ssrl_format_score(text, tags),
-    "search_r1": lambda text, tags: float(search_r1_format_valid(text, tags)),
-    "r1_searcher": lambda text, tags: float(r1_searcher_format_valid(text, tags)),
-}
-
-
 class FormatReward(_Reward):
-    """Format alone, in [0, 1], with the check of ``method`` (ssrl | search_r1 | r1_searcher).
+    """Format alone, in [0, 1]: the tag set's own format check (``tags``: ssrl, search_r1,
+    r1_searcher or a custom tag set; SSRL's check is graded, the others are 0 or 1).
 
     The shaping term an untrained small model needs: exact match alone is all-zero at the start.
     """
 
     __name__ = "format"
 
-    def __init__(self, method: str = "search_r1", **kw) -> None:
-        if method not in _FORMAT_CHECKS:
-            raise ValueError(f"unknown format method {method!r}; choose one of {sorted(_FORMAT_CHECKS)}")
-        kw.setdefault("tags", {"ssrl": SSRL, "search_r1": SEARCH_R1, "r1_searcher": R1_SEARCHER}[method])
-        super().__init__(**kw)
-        self.check = method
-
     def score(self, texts, kwargs):
-        return [_FORMAT_CHECKS[self.check](t, self.tags) for t in texts]
+        return [self.tags.format_score(t) for t in texts]
 
 
 class TagPresenceReward(_Reward):
@@ -268,9 +267,7 @@ class TagPresenceReward(_Reward):
     __name__ = "tag_presence"
 
     def score(self, texts, kwargs):
-        pairs = [self.tags.search, self.tags.information, self.tags.answer]
-        if self.tags.think is not None:
-            pairs.append(self.tags.think)
+        pairs = list(self.tags.pairs().values())
         return [sum(bool(find_spans(t, pair)) for pair in pairs) / len(pairs) for t in texts]
 
 

@@ -20,29 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .assembly import Assembly, assemble, check_backend, model_source
 from .recipe import Recipe, RecipeError, load_recipe
+from .run_summary import plot_curves as _plot
+from .run_summary import print_summary as _print_summary
+from .run_summary import summarize
 
 __all__ = ["TrainingRun", "build_trainer", "main", "run_training", "summarize"]
 
 _CPU_DEFAULTS = {"use_cpu": True, "bf16": False, "fp16": False}
 
 
-def _tags(recipe: Recipe):
-    from .protocol import get_tag_set
-
-    return get_tag_set(recipe.tags if recipe.tags is not None else recipe.method)
-
-
-def _datasets(recipe: Recipe, tags):
+def _datasets(recipe: Recipe, parts: Assembly):
+    """GRPO's train and eval datasets (prompt rows) and the held-out questions, from ``data``."""
     from datasets import Dataset
 
     from .data import Source, build_prompt_rows, load_source, mix_sources
-    from .prompts import TEMPLATES, load_template
 
-    d = recipe.data
-    template = load_template(
-        d.prompt_template if d.prompt_template in TEMPLATES else recipe.path(d.prompt_template)
-    )
+    d, tags, template = recipe.data, parts.tags, parts.template
 
     def load(specs):
         groups = []
@@ -82,67 +77,7 @@ def _datasets(recipe: Recipe, tags):
         if eval_items
         else None
     )
-    return train, evaluation, eval_items, template
-
-
-def _retriever(recipe: Recipe):
-    from .retrieval.factory import build_retriever
-
-    spec = recipe.environment.retriever
-    if spec.kind == "http":
-        return build_retriever("http", url=spec.url, **spec.options)
-    index = recipe.path(spec.index)
-    if not Path(index).exists():
-        from .retrieval.bm25 import BM25Index
-        from .retrieval.corpus import iter_corpus
-
-        if spec.kind != "bm25":
-            raise RecipeError(f"index {index} missing; build it with `ssrl-trl index --kind {spec.kind}`")
-        print(f"[ssrl-trl] building BM25 index {index} from {spec.corpus}", flush=True)
-        BM25Index.build(iter_corpus(recipe.path(spec.corpus)), index)
-    return build_retriever(spec.kind, index=index, **spec.options)
-
-
-def _env_factory(recipe: Recipe, tags):
-    env = recipe.environment
-    if env.kind == "self_search":
-        return _SelfSearchFactory(tags, env.mask_tags)
-    spec = env.retriever
-    if spec.kind not in ("http", "bm25") and not Path(recipe.path(spec.index)).exists():
-        raise RecipeError(f"index {spec.index} missing; build it with `ssrl-trl index --kind {spec.kind}`")
-    return _RetrievalFactory(recipe, tags, env.topk, env.max_consecutive_failures)
-
-
-class _SelfSearchFactory:
-    """Picklable environment factories (the rollout builds the environment with the trainer's tokenizer)."""
-
-    def __init__(self, tags, mask_tags):
-        self.tags, self.mask_tags = tags, mask_tags
-
-    def __call__(self, tokenizer):
-        from .environments import SelfSearchEnv
-
-        return SelfSearchEnv(self.tags, mask_tags=self.mask_tags)
-
-
-class _RetrievalFactory:
-    """Opens the retriever at the first rollout, after the trainer (and its vLLM engine) exist:
-    bm25s imports numba when it is installed, and vLLM's CPU build fails to start once numba's
-    llvmlite wrappers are loaded (its kernel-override scan trips on them)."""
-
-    def __init__(self, recipe, tags, topk, failures):
-        self.recipe, self.tags, self.topk, self.failures = recipe, tags, topk, failures
-
-    def __call__(self, tokenizer):
-        from .environments import RetrievalEnv
-
-        return RetrievalEnv(
-            _retriever(self.recipe),
-            tokenizer,
-            self.tags,
-            topk=self.topk,
-            max_consecutive_failures=self.failures,
-        )
+    return train, evaluation, eval_items
 
 
 def _grpo_config(recipe: Recipe, n_rewards_weights: list[float]):
@@ -192,54 +127,18 @@ class TrainingRun:
 
 
 def build_trainer(recipe: Recipe) -> TrainingRun:
-    """Everything a run needs, from a validated recipe."""
+    """Everything a run needs, from a validated recipe; the parts come from :func:`assemble`."""
     from trl import GRPOTrainer
 
-    from .callbacks import RolloutMetricsCallback
-    from .models import load_model, load_tokenizer
-    from .rollout import Budgets, SearchRollout
+    from .rollout import SearchRollout
     from .rollout.rollout_log import RecordingReward, RolloutLog
 
-    tags = _tags(recipe)
-    from .recipe_checks import build_rewards
-
-    funcs, weights = build_rewards(recipe)
+    parts = assemble(recipe)
+    funcs, weights = parts.rewards()
     args = _grpo_config(recipe, weights)
-    m = recipe.model
-    name = recipe.path(m.name_or_path) if Path(recipe.path(m.name_or_path)).exists() else m.name_or_path
-    tokenizer = load_tokenizer(
-        name,
-        gguf_file=m.gguf_file,
-        trust_remote_code=m.trust_remote_code,
-        chat_template=recipe.path(m.chat_template),
-    )
-    model = load_model(
-        name,
-        dtype=m.dtype,
-        gguf_file=m.gguf_file,
-        trust_remote_code=m.trust_remote_code,
-        attn_implementation=m.attn_implementation,
-    )
-    peft_config = None
-    if m.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=m.lora.r,
-            lora_alpha=m.lora.alpha,
-            lora_dropout=m.lora.dropout,
-            target_modules=m.lora.target_modules,
-            task_type="CAUSAL_LM",
-        )
-    train, evaluation, eval_items, template = _datasets(recipe, tags)
-    b = recipe.budgets
-    budgets = Budgets(
-        b.max_turns,
-        b.max_tokens_per_turn,
-        b.max_obs_tokens,
-        args.max_completion_length,
-        b.answer_reserve_tokens,
-    )
+    check_backend(args)
+    model, tokenizer, peft_config = _model(recipe)
+    train, evaluation, eval_items = _datasets(recipe, parts)
     log = None
     if recipe.rollout_log:
         rank = int(os.environ.get("RANK", "0"))
@@ -250,10 +149,10 @@ def build_trainer(recipe: Recipe) -> TrainingRun:
         funcs = [RecordingReward(f, log) for f in funcs]
     r = recipe.rollout
     rollout = SearchRollout(
-        _env_factory(recipe, tags),
-        budgets,
+        parts.environment,
+        parts.budgets,
         log=log,
-        response_prefix=recipe.environment.response_prefix,
+        response_prefix=parts.response_prefix,
         schedule=r.schedule,
         server_concurrency=r.server_concurrency,
         max_concurrent_env_calls=r.max_concurrent_env_calls,
@@ -273,14 +172,53 @@ def build_trainer(recipe: Recipe) -> TrainingRun:
         rollout_func=rollout,
         peft_config=peft_config,
     )
-    # First in line, so reporters (wandb, tensorboard, the console) see the rollout metrics.
-    trainer.callback_handler.callbacks.insert(0, RolloutMetricsCallback(rollout))
+    heldout = _heldout(recipe, trainer, rollout, eval_items, parts)
+    _add_callbacks(trainer, rollout, recipe, heldout)
+    return TrainingRun(trainer, rollout, log, heldout)
+
+
+def _model(recipe: Recipe):
+    """The policy, its tokenizer (with the recipe's chat template) and the LoRA config, if any."""
+    from .models import load_model, load_tokenizer
+
+    m, name = recipe.model, model_source(recipe)
+    tokenizer = load_tokenizer(
+        name,
+        gguf_file=m.gguf_file,
+        trust_remote_code=m.trust_remote_code,
+        chat_template=recipe.path(m.chat_template),
+    )
+    model = load_model(
+        name,
+        dtype=m.dtype,
+        gguf_file=m.gguf_file,
+        trust_remote_code=m.trust_remote_code,
+        attn_implementation=m.attn_implementation,
+    )
+    if m.lora is None:
+        return model, tokenizer, None
+    from peft import LoraConfig
+
+    lora = LoraConfig(
+        r=m.lora.r,
+        lora_alpha=m.lora.alpha,
+        lora_dropout=m.lora.dropout,
+        target_modules=m.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return model, tokenizer, lora
+
+
+def _add_callbacks(trainer, rollout, recipe: Recipe, heldout) -> None:
+    """Rollout metrics first, then health and cost, then held-out, all before the reporters."""
+    from .callbacks import RolloutMetricsCallback
     from .health import build_health_callbacks
 
+    # First in line, so reporters (wandb, tensorboard, the console) see the rollout metrics.
+    trainer.callback_handler.callbacks.insert(0, RolloutMetricsCallback(rollout))
     # After the rollout metrics and before the reporters, so health/* and cost/* reach them too.
     for i, cb in enumerate(build_health_callbacks(recipe.health), start=1):
         trainer.callback_handler.callbacks.insert(i, cb)
-    heldout = _heldout(recipe, trainer, rollout, eval_items, template, budgets)
     if heldout is not None and recipe.evaluation.every_steps:
         from .evaluation.heldout import HeldOutCallback
 
@@ -288,10 +226,9 @@ def build_trainer(recipe: Recipe) -> TrainingRun:
         trainer.callback_handler.callbacks.insert(
             1, HeldOutCallback(heldout, trainer, recipe.evaluation.every_steps)
         )
-    return TrainingRun(trainer, rollout, log, heldout)
 
 
-def _heldout(recipe: Recipe, trainer, rollout, items, template: str, budgets):
+def _heldout(recipe: Recipe, trainer, rollout, items, parts: Assembly):
     """The run's held-out evaluation: the recipe's ``data.eval`` questions, the run's environment,
     prompt and budgets, greedy (see :mod:`ssrl_trl.evaluation.heldout`)."""
     spec = recipe.evaluation
@@ -311,12 +248,11 @@ def _heldout(recipe: Recipe, trainer, rollout, items, template: str, budgets):
     return HeldOut(
         items=list(items),
         env=rollout.environment(tokenizer),
-        template=template,
-        budgets=budgets,
-        format_check=recipe.method,
+        template=parts.template,
+        budgets=parts.budgets,
         out_dir=Path(trainer.args.output_dir),
-        system=recipe.data.system_prompt,
-        response_prefix=recipe.environment.response_prefix,
+        system=parts.system_prompt,
+        response_prefix=parts.response_prefix,
         batch_size=spec.batch_size,
         seed=recipe.data.seed,
         resamples=spec.resamples,
@@ -334,32 +270,6 @@ def _resume_path(arg: str | None, output_dir: str) -> str | bool | None:
         return prepare_resume(arg, output_dir)
     except CheckpointError as exc:
         raise RecipeError(str(exc)) from None
-
-
-def summarize(history: list[dict], output_dir: str, log_path: str | None) -> dict[str, Any]:
-    """Start-vs-end figures of a run from TRL's log history (first and last quarter of steps)."""
-    rows = [h for h in history if "reward" in h]
-    if not rows:
-        return {}
-    q = max(1, len(rows) // 4)
-
-    def mean(key, part):
-        vals = [r[key] for r in part if key in r]
-        return sum(vals) / len(vals) if vals else None
-
-    fmt_key = next((k for k in rows[-1] if k.endswith("/format")), None)
-    summary = {
-        "steps": rows[-1].get("step", len(rows)),
-        "reward_start": mean("reward", rows[:q]),
-        "reward_end": mean("reward", rows[-q:]),
-        "format_start": mean(fmt_key, rows[:q]) if fmt_key else None,
-        "format_end": mean(fmt_key, rows[-q:]) if fmt_key else None,
-        "searches_end": mean("rollout/searches_per_trajectory", rows[-q:]),
-        "answered_end": mean("rollout/answered_fraction", rows[-q:]),
-        "output_dir": output_dir,
-        "rollout_log": log_path,
-    }
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,7 +304,9 @@ def run_training(run: TrainingRun, recipe: Recipe, resume: str | bool | None = N
     comparison and the run summary. Returns the process exit code."""
     trainer, log = run.trainer, run.log
     from .graceful_stop import GracefulStop
+    from .launch_check import announce_world
 
+    announce_world(trainer.accelerator)  # world size, this rank's device; warns on a 1-process launch
     stop = GracefulStop.attach(trainer)  # SIGTERM: finish the step, save, stop (exit 143)
     before = _evaluate_heldout(run, "before", resume=True)
     trainer.train(resume_from_checkpoint=resume)
@@ -438,44 +350,6 @@ def _evaluate_heldout(run: TrainingRun, name: str, *, resume: bool = False):
         records = run.heldout.evaluate(trainer.model, tokenizer, name, resume=resume)
     trainer.accelerator.wait_for_everyone()
     return records
-
-
-def _plot(history: list[dict], out: Path, title: str) -> None:
-    rows = [h for h in history if "reward" in h]
-    if not rows:
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:  # an extra; the run itself does not need it
-        return
-    from .plots import plot_run
-
-    plot_run(rows, out, title)
-    print(f"curves:           {out}")
-
-
-def _print_summary(s: dict[str, Any]) -> None:
-    def f(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
-    print("\n=== ssrl-trl run summary ===")
-    if s.get("heldout"):
-        from .evaluation.compare import format_line
-
-        h = s["heldout"]
-        print(format_line(h, "em"))
-        for metric in ("f1", "format_valid", "answered"):
-            if metric in h["diff"]:
-                print(format_line(h, metric))
-        print(f"held-out table:   {Path(s['output_dir']) / 'before_after.json'}")
-    print(f"steps:            {s.get('steps')}")
-    print(
-        f"mean reward:      {f(s.get('reward_start'))} (first quarter) -> {f(s.get('reward_end'))} (last quarter)"
-    )
-    print(f"format score:     {f(s.get('format_start'))} -> {f(s.get('format_end'))}")
-    print(f"searches/answer:  {f(s.get('searches_end'))}   answered: {f(s.get('answered_end'))}")
-    print(f"checkpoint:       {s.get('output_dir')}")
-    print(f"rollout log:      {s.get('rollout_log')}")
 
 
 if __name__ == "__main__":

@@ -267,7 +267,7 @@ def render(
     ``decode``) gives per-token spans; ``correct_reward`` names the reward that decides
     correct/incorrect (default: each record's first reward, the recipe's outcome reward);
     ``skipped`` lines of the log are listed at the top."""
-    from .rollout.detok import token_texts
+    from .detok import token_texts
 
     steps: OrderedDict[Any, OrderedDict[str, list]] = OrderedDict()
     for rec in records:

@@ -1,5 +1,6 @@
-"""Environments: who answers a search. Self-search (SSRL) answers nothing — the model writes its
-own information, which is masked; retrieval (Search-R1, R1-Searcher) inserts documents."""
+"""Environments: who answers a model turn. Self-search (SSRL) answers nothing — the model writes
+its own information, which is masked; retrieval (Search-R1, R1-Searcher) inserts documents. Both
+implement :class:`Environment`; recipes name them through :mod:`.registry`."""
 
 from .base import Environment, Observation
 from .retrieval import RetrievalEnv

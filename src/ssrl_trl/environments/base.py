@@ -1,54 +1,59 @@
 """The environment interface the rollout engine drives.
 
-An environment owns three decisions: where generation pauses (stop strings), what the newest
-turn asked for (parsing), and what is inserted in reply (observations, as token ids). Inserted
-text is tokenised on its own and appended, never merged with model tokens, so the mask is exact.
+The engine owns the loop and the budgets; an environment answers four questions about one
+episode's newest model turn:
+
+* where generation pauses (:meth:`Environment.stop_strings`);
+* what the turn asked for (:meth:`Environment.parse`: a search, an answer, or invalid);
+* whether it replies to that action (:meth:`Environment.replies_to`) and with what
+  (:meth:`Environment.respond`, batched over every episode waiting for a reply);
+* what the turn's own tokens mean for the loss (:meth:`Environment.on_model_turn`, e.g. SSRL
+  masks the information the model wrote itself).
+
+An episode is done when the model answers or a budget runs out; an action the environment does
+not reply to ends it as well (single-pass self-search). Inserted text is tokenised on its own and
+appended, never merged with model tokens, so the mask is exact. A new environment subclasses
+:class:`Environment`, overrides what differs, and registers its kind
+(:mod:`ssrl_trl.environments.registry`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any
 
-from ..protocol import Action, TagSet
-
-if TYPE_CHECKING:
-    from ..rollout.detok import TokenTexts
-    from ..rollout.trajectory import Trajectory
+from ..detok import TokenTexts
+from ..protocol import SEARCH_R1, Action, TagSet, parse_action
+from ..trajectory import Observation, Trajectory
 
 __all__ = ["Environment", "Observation", "encode_observation"]
 
 
-@dataclass
-class Observation:
-    """Tokens to insert after a model turn (always masked from the loss)."""
+class Environment:
+    """Defaults: pause after a search or an answer, parse with the tag set, reply to nothing."""
 
-    kind: Literal["observation", "correction", "error"]
-    ids: list[int]
-    text: str
-    doc_ids: list[str] = field(default_factory=list)
+    tags: TagSet = SEARCH_R1
 
+    def stop_strings(self, last_turn: bool) -> list[str]:
+        """Strings that end a model turn (``last_turn``: no reply can follow this one)."""
+        return self.tags.stop_on_search
 
-class Environment(Protocol):
-    tags: TagSet
-    #: Whether a search action pauses generation for a reply (False for single-pass self-search).
-    answers_searches: bool
+    def parse(self, turn_text: str) -> Action:
+        """The action of the model text written since the last reply."""
+        return parse_action(turn_text, self.tags)
 
-    def stop_strings(self, last_turn: bool) -> list[str]: ...
+    def replies_to(self, action: Action) -> bool:
+        """Whether the episode waits for :meth:`respond` after ``action`` (an answer never does)."""
+        return False
 
-    def parse(self, turn_text: str) -> Action: ...
-
-    def observe(self, actions: list[Action], budgets: list[int]) -> list[Observation]:
-        """Replies to search actions, one per action, each at most ``budgets[i]`` tokens."""
-        ...
-
-    def correction(self, action: Action, budget: int) -> Observation | None:
-        """Reply to an invalid turn, or ``None`` to end the episode."""
-        ...
+    def respond(self, actions: list[Action], budgets: list[int]) -> list[Observation | None]:
+        """One reply per action (each at most ``budgets[i]`` tokens), or ``None`` where not even an
+        empty reply fits: that episode ends. Called only for actions :meth:`replies_to` accepts."""
+        raise NotImplementedError(f"{type(self).__name__} replies to an action but has no respond()")
 
     def on_model_turn(self, traj: Trajectory, start: int, texts: TokenTexts) -> None:
-        """Hook after a model turn of tokens ``[start, len)``; SSRL masks information here."""
-        ...
+        """Hook after a model turn: ``texts`` covers tokens ``[start, len)``, all model text since
+        the last reply (a tag split across turns included)."""
+        return None
 
 
 def encode_observation(

@@ -11,32 +11,24 @@ the run, with a message saying so.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
-from ..protocol import SEARCH_R1, Action, TagSet, parse_action
-from ..retrieval.base import Doc, Retriever, RetrieverError
-from .base import Observation, encode_observation
+from ..protocol import SEARCH_R1, Action, TagSet
+from ..retrieval.base import Retriever, RetrieverError
+from .base import Environment, Observation, encode_observation
 
-__all__ = ["RetrievalEnv", "RetrieverUnavailable", "format_docs"]
+__all__ = ["RetrievalEnv", "RetrieverUnavailable"]
 
 logger = logging.getLogger(__name__)
-
-DocStyle = Literal["search_r1", "r1_searcher"]
 
 
 class RetrieverUnavailable(RuntimeError):
     """The retriever failed for too many consecutive calls: stop instead of training on errors."""
 
 
-def format_docs(docs: list[Doc], style: DocStyle) -> str:
-    """Search-R1: ``Doc 1(Title: "t") text`` lines. R1-Searcher: ``(1) title\\ntext`` paragraphs."""
-    if style == "search_r1":
-        return "\n".join(f'Doc {i}(Title: "{d.title}") {d.text}' for i, d in enumerate(docs, 1))
-    return "\n".join(f"({i}) {d.title}\n{d.text}" for i, d in enumerate(docs, 1))
-
-
-class RetrievalEnv:
-    answers_searches = True
+class RetrievalEnv(Environment):
+    """Replies to every search with the retriever's top-``topk`` documents, written in the tag
+    set's document style, and to every invalid turn with a short corrective message."""
 
     def __init__(
         self,
@@ -45,7 +37,6 @@ class RetrievalEnv:
         tags: TagSet = SEARCH_R1,
         *,
         topk: int = 3,
-        doc_style: DocStyle | None = None,
         max_consecutive_failures: int = 20,
         retriever_exceptions: tuple[type[BaseException], ...] = (
             RetrieverError,
@@ -56,11 +47,9 @@ class RetrievalEnv:
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         self.retriever, self.tokenizer, self.tags, self.topk = retriever, tokenizer, tags, topk
-        self.doc_style: DocStyle = doc_style or ("r1_searcher" if tags.name == "r1_searcher" else "search_r1")
         self.max_consecutive_failures = max_consecutive_failures
         self.retriever_exceptions = retriever_exceptions
         self.consecutive_failures = 0
-        self.total_failures = 0
 
     def stop_strings(self, last_turn: bool) -> list[str]:
         # Every turn, the last included, ends at the first closing search tag (Search-R1's loop): a
@@ -68,17 +57,23 @@ class RetrievalEnv:
         # documents and an answer the retriever never backed.
         return self.tags.stop_on_search
 
-    def parse(self, turn_text: str) -> Action:
-        return parse_action(turn_text, self.tags)
+    def replies_to(self, action: Action) -> bool:
+        return action.kind != "answer"
 
-    def _wrap(self) -> tuple[str, str]:
-        opening, closing = self.tags.information
-        if self.doc_style == "search_r1":
-            return f"\n\n{opening}", f"{closing}\n\n"
-        return f"\n{opening}\n", f"\n{closing}\n"
+    def respond(self, actions: list[Action], budgets: list[int]) -> list[Observation | None]:
+        """Documents for the searches (one batched retriever call), corrections for the rest."""
+        replies: list[Observation | None] = [None] * len(actions)
+        searches = [i for i, a in enumerate(actions) if a.kind == "search"]
+        if searches:
+            found = self._documents([actions[i].content for i in searches], [budgets[i] for i in searches])
+            for i, obs in zip(searches, found, strict=True):
+                replies[i] = obs
+        for i, action in enumerate(actions):
+            if action.kind != "search":
+                replies[i] = self._correction(action, budgets[i])
+        return replies
 
-    def observe(self, actions: list[Action], budgets: list[int]) -> list[Observation]:
-        queries = [a.content for a in actions]
+    def _documents(self, queries: list[str], budgets: list[int]) -> list[Observation | None]:
         try:
             results = self.retriever.search(queries, self.topk)
             if len(results) != len(queries):
@@ -87,7 +82,6 @@ class RetrievalEnv:
                 )
         except self.retriever_exceptions as exc:
             self.consecutive_failures += 1
-            self.total_failures += 1
             logger.warning("retrieval failed (%d in a row): %s", self.consecutive_failures, exc)
             if self.consecutive_failures >= self.max_consecutive_failures:
                 raise RetrieverUnavailable(
@@ -96,24 +90,22 @@ class RetrievalEnv:
                 ) from exc
             return [self._error(str(exc), b) for b in budgets]
         self.consecutive_failures = 0
-        prefix, suffix = self._wrap()
-        out = []
+        prefix, suffix = self.tags.observation_wrap()
+        out: list[Observation | None] = []
         for docs, budget in zip(results, budgets, strict=True):
             docs = list(docs)[: self.topk]
-            obs = encode_observation(
-                self.tokenizer, prefix, format_docs(docs, self.doc_style), suffix, budget
-            )
+            obs = encode_observation(self.tokenizer, prefix, self.tags.documents.render(docs), suffix, budget)
             if obs is not None:
                 obs.doc_ids = [d.id for d in docs]
             out.append(obs)
-        return out  # type: ignore[return-value]
+        return out
 
     def _error(self, message: str, budget: int) -> Observation | None:
-        prefix, suffix = self._wrap()
+        prefix, suffix = self.tags.observation_wrap()
         body = f"Search failed ({message[:200]}). No documents; continue with what you know."
         return encode_observation(self.tokenizer, prefix, body, suffix, budget, kind="error")
 
-    def correction(self, action: Action, budget: int) -> Observation | None:
+    def _correction(self, action: Action, budget: int) -> Observation | None:
         # No literal tags here: the rewards read the decoded trajectory, and a message containing
         # "<answer> and </answer>" would itself parse as an answer ("and") and a format block.
         text = (
@@ -125,6 +117,3 @@ class RetrievalEnv:
             if budget > 0
             else None
         )
-
-    def on_model_turn(self, traj, start: int, texts) -> None:
-        return None

@@ -11,13 +11,13 @@ on token offsets, never by re-tokenising text.
 from __future__ import annotations
 
 from ..protocol import SSRL, Action, TagSet, extract_answer, find_spans
-from .base import Observation
+from .base import Environment
 
 __all__ = ["SelfSearchEnv"]
 
 
-class SelfSearchEnv:
-    answers_searches = False
+class SelfSearchEnv(Environment):
+    """Replies to nothing: one pass until the answer, self-written information masked."""
 
     def __init__(self, tags: TagSet = SSRL, *, mask_tags: bool = True) -> None:
         self.tags = tags
@@ -31,12 +31,6 @@ class SelfSearchEnv:
         if answer is None:
             return Action("invalid", error="no complete answer block")
         return Action("answer", content=answer)
-
-    def observe(self, actions: list[Action], budgets: list[int]) -> list[Observation]:
-        raise RuntimeError("self-search inserts nothing; the engine must not ask it to observe")
-
-    def correction(self, action: Action, budget: int) -> Observation | None:
-        return None  # single pass: an answer-less generation ends the episode
 
     def on_model_turn(self, traj, start: int, texts) -> None:
         # The model answers its own searches: count them here, as a retriever would have.

@@ -9,15 +9,11 @@
     ssrl-trl eval --model M --datasets mini --mode sim2real --retriever bm25:indexes/mini_wiki_bm25
     # hybrid: self-search first, real search only where the answer entropy is high
     ssrl-trl eval --model M --datasets mini --mode hybrid --retriever http://127.0.0.1:8000
+    # what a recipe trains: its model, environment, prompt and budgets, on its data.eval questions
+    ssrl-trl eval --recipe recipes/cpu/search_r1_smollm2.yaml --model runs/search_r1_cpu
 
-Modes and their arms (each arm writes ``predictions_<arm>.jsonl``; a rerun resumes):
-
-* ``self`` — ``self``: SSRL self-search, single pass, the model writes its own information;
-* ``retrieval`` — ``real``: Search-R1 loop with the retriever (Search-R1 prompt and tags);
-* ``sim2real`` — ``self`` and ``real``: the self-search prompt both times, the second with the
-  information blocks supplied by the retriever (generation stops at the closing search tag);
-* ``hybrid`` — the two Sim2Real arms (plus ``self_samples`` for the disagreement signal), then a
-  threshold sweep routing uncertain questions to real search.
+The arms of each mode are described in :mod:`.arms`; ``--recipe`` in :mod:`.recipe_eval`; the
+flags in :mod:`.options`.
 """
 
 from __future__ import annotations
@@ -30,150 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .arms import build_arms, parse_retriever
+from .options import build_parser, explicit_flags
+from .options import check_args as _check_args
 from .passk import k_grid
 from .signals import SIGNALS
 
-__all__ = ["build_parser", "main", "parse_retriever"]
-
-MODES = ("self", "retrieval", "sim2real", "hybrid")
-DEFAULT_MODEL = "models/smollm2-135m-instruct"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ssrl-trl eval",
-        description="Evaluate a checkpoint or hub model: EM/F1 tables, pass@k, Sim2Real, hybrid search.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=DEFAULT_MODEL, help="HF folder, checkpoint or hub id")
-    g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: --model)")
-    g.add_argument(
-        "--baseline-model",
-        default=None,
-        help="also evaluate this model (e.g. the starting checkpoint) on the same questions and write a "
-        "paired before/after comparison with bootstrap 95%% intervals (OUT/baseline, OUT/model, "
-        "OUT/before_after.json)",
-    )
-    g.add_argument("--gguf-file", default=None, help="load this GGUF file from --model")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code")
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    g.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "hf", "vllm"),
-        help="generator: vllm (offline engine, or --vllm-url), hf (transformers); auto: vllm if installed",
-    )
-    g.add_argument("--vllm-url", default=None, help="generate with this running vLLM server instead")
-    g.add_argument("--vllm-memory", type=float, default=None, help="vLLM gpu_memory_utilization")
-    g.add_argument("--vllm-max-model-len", type=int, default=None)
-    g = p.add_argument_group("data")
-    g.add_argument("--datasets", nargs="+", default=["mini"], help="PATH, NAME=PATH, hf:OWNER/NAME or a name")
-    g.add_argument("--data-dir", type=Path, default=None, help="where bare names are looked up")
-    g.add_argument("--split", default="test", help="split of hf: datasets")
-    g.add_argument("--limit", type=int, default=None, help="at most this many questions per dataset")
-    g.add_argument("--shuffle", action="store_true", help="take a seeded random --limit subset")
-    g = p.add_argument_group("method")
-    g.add_argument("--mode", choices=MODES, default="self")
-    g.add_argument("--retriever", default=None, help="bm25:INDEX, dense:INDEX, index:INDEX or http:URL")
-    g.add_argument("--corpus", default=None, help="build a missing bm25:INDEX from this corpus jsonl")
-    g.add_argument("--topk", type=int, default=3, help="documents per search")
-    g.add_argument("--prompt-template", default=None, help="built-in name or file (default: by mode)")
-    g.add_argument("--tags", default=None, help="tag set (default: search_r1 for retrieval, else ssrl)")
-    g.add_argument("--system", default=None, help="optional system message")
-    g.add_argument(
-        "--format-check",
-        default="auto",
-        choices=("auto", "search_r1", "ssrl", "r1_searcher"),
-        help="whose format check scores format_valid (auto: ssrl for self-search arms and sim2real, "
-        "else by tag set)",
-    )
-    g.add_argument(
-        "--response-prefix",
-        default=None,
-        help='forced masked opening, e.g. "<think>" (match the training recipe)',
-    )
-    g = p.add_argument_group("sampling and budgets")
-    g.add_argument("--n", type=int, default=1, help="samples per question (pass@k needs n > 1)")
-    g.add_argument("--k-max", type=int, default=None, help="largest k of the pass@k curve (default n)")
-    g.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) if n=1, else 1.0")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--max-new-tokens", type=int, default=1024, help="completion budget (all turns)")
-    g.add_argument("--max-turns", type=int, default=4, help="model turns with a real retriever")
-    g.add_argument("--max-tokens-per-turn", type=int, default=500)
-    g.add_argument("--max-obs-tokens", type=int, default=500, help="tokens of retrieved text per search")
-    g = p.add_argument_group("hybrid")
-    g.add_argument("--signal", default="answer_entropy", choices=SIGNALS, help="uncertainty to route on")
-    g.add_argument("--hybrid-samples", type=int, default=0, help="samples for the disagreement signal")
-    g.add_argument("--thresholds", default=None, help="comma-separated thresholds (default: every value)")
-    g = p.add_argument_group("run")
-    g.add_argument("--out", type=Path, default=Path("runs/eval"), help="output folder")
-    g.add_argument("--batch-size", type=int, default=32, help="episodes generated together")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--overwrite", action="store_true", help="discard predictions already in --out")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bars")
-    return p
-
-
-def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    if a.n < 1:
-        p.error(f"--n must be >= 1, got {a.n}")
-    if a.k_max is not None and not 1 <= a.k_max <= a.n:
-        p.error(f"--k-max={a.k_max} must lie in [1, --n={a.n}]: pass@k needs n >= k samples")
-    if a.mode != "self" and a.retriever is None:
-        p.error(f"--mode {a.mode} needs --retriever (bm25:INDEX or http:URL)")
-    if a.mode == "hybrid" and a.n != 1:
-        p.error(
-            "--mode hybrid routes one answer per question; use --n 1 (and --hybrid-samples for disagreement)"
-        )
-    if a.signal == "disagreement" and a.hybrid_samples < 2:
-        a.hybrid_samples = 5
-    if a.batch_size < 1 or a.topk < 1 or a.max_new_tokens < 1:
-        p.error("--batch-size, --topk and --max-new-tokens must be >= 1")
-    if a.temperature is None:
-        a.temperature = 0.0 if a.n == 1 else 1.0
-    if a.n > 1 and a.temperature == 0:
-        p.error("--n > 1 with --temperature 0 gives n identical greedy samples; set a temperature")
-    if a.backend == "vllm" and a.gguf_file and not a.vllm_url:
-        p.error("--backend vllm cannot load --gguf-file here: convert it first (ssrl-trl convert-gguf)")
-    if a.backend == "hf" and a.vllm_url:
-        p.error("--vllm-url needs --backend vllm (or auto)")
-
-
-def parse_retriever(spec: str, corpus: str | None = None):
-    """``bm25:INDEX`` / ``dense:INDEX`` / ``index:INDEX`` / ``http:URL`` (or a bare http(s) URL).
-
-    Anything wrong with the spec, the index or the corpus is a :class:`~ssrl_trl.errors.UserError`
-    naming ``--retriever`` (the CLI prints it as one ``error:`` line)."""
-    from ..errors import UserError
-
-    try:
-        return _open_retriever(spec, corpus)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"--retriever {spec}: {exc}") from None
-
-
-def _open_retriever(spec: str, corpus: str | None):
-    from ..retrieval.factory import build_retriever
-
-    kind, sep, rest = spec.partition(":")
-    if kind in ("http", "https") and rest.startswith("//"):
-        return build_retriever("http", url=spec)
-    if not sep or not rest:
-        raise ValueError("expected KIND:TARGET, e.g. bm25:indexes/mini_wiki_bm25 or http://127.0.0.1:8000")
-    if kind == "http":
-        return build_retriever("http", url=rest)
-    if kind == "bm25" and not Path(rest).exists():
-        if corpus is None:
-            raise FileNotFoundError(f"BM25 index {rest} is missing; build it or pass --corpus to build it")
-        from ..retrieval.bm25 import BM25Index
-        from ..retrieval.corpus import iter_corpus
-
-        print(f"[eval] building BM25 index {rest} from {corpus}", file=sys.stderr)
-        BM25Index.build(iter_corpus(corpus), rest)
-    return build_retriever(kind, index=rest)
+__all__ = ["build_arms", "build_parser", "main", "parse_retriever"]
 
 
 def backend_kind(a: argparse.Namespace) -> str:
@@ -197,6 +56,7 @@ def _load(a: argparse.Namespace):
         a.tokenizer or a.model,
         gguf_file=None if a.tokenizer else a.gguf_file,
         trust_remote_code=a.trust_remote_code,
+        chat_template=a.chat_template,
     )
     if backend_kind(a) == "vllm":
         return _load_vllm(a, tok)
@@ -230,76 +90,6 @@ def _load_vllm(a: argparse.Namespace, tok: Any):
     if a.mode == "hybrid":
         model = load_model(a.model, dtype="float32", trust_remote_code=a.trust_remote_code).eval()
     return model, tok, backend
-
-
-def build_arms(a: argparse.Namespace, tokenizer: Any, retriever: Any = None) -> list:
-    """The arms of ``a.mode`` (see the module docstring)."""
-    from ..environments import RetrievalEnv, SelfSearchEnv
-    from ..prompts import load_template
-    from ..protocol import get_tag_set
-    from ..rollout import Budgets, SamplingConfig
-    from .runner import Arm
-
-    real_mode = a.mode == "retrieval"
-    tags = get_tag_set(a.tags or ("search_r1" if real_mode else "ssrl"))
-    template = load_template(a.prompt_template or ("search_r1" if real_mode else "ssrl"))
-    sampling = SamplingConfig(temperature=a.temperature, top_p=a.top_p, top_k=a.top_k)
-    single = Budgets(
-        max_turns=1, max_tokens_per_turn=a.max_new_tokens, max_completion_tokens=a.max_new_tokens
-    )
-    multi = Budgets(
-        max_turns=a.max_turns,
-        max_tokens_per_turn=min(a.max_tokens_per_turn, a.max_new_tokens),
-        max_obs_tokens=a.max_obs_tokens,
-        max_completion_tokens=a.max_new_tokens,
-    )
-    common = {"template": template, "n": a.n, "system": a.system, "response_prefix": a.response_prefix}
-    self_check = "ssrl" if a.format_check == "auto" else a.format_check
-    real_check = a.format_check
-    if real_check == "auto":
-        real_check = ("r1_searcher" if tags.name == "r1_searcher" else "search_r1") if real_mode else "ssrl"
-    arms = []
-    if a.mode != "retrieval":
-        arms.append(
-            Arm(
-                "self",
-                SelfSearchEnv(tags),
-                budgets=single,
-                sampling=sampling,
-                signals=True,
-                format_check=self_check,
-                **common,
-            )
-        )
-    if a.mode != "self":
-        env = RetrievalEnv(retriever, tokenizer, tags, topk=a.topk)
-        arms.append(
-            Arm(
-                "real",
-                env,
-                budgets=multi,
-                sampling=sampling,
-                describe={"retriever": a.retriever, "topk": a.topk},
-                format_check=real_check,
-                **common,
-            )
-        )
-    if a.mode == "hybrid" and a.hybrid_samples > 1:
-        hot = SamplingConfig(temperature=a.temperature or 1.0, top_p=a.top_p, top_k=a.top_k)
-        arms.append(
-            Arm(
-                "self_samples",
-                SelfSearchEnv(tags),
-                template=template,
-                budgets=single,
-                sampling=hot,
-                n=a.hybrid_samples,
-                system=a.system,
-                response_prefix=a.response_prefix,
-                format_check=self_check,
-            )
-        )
-    return arms
 
 
 def _passk(a, out: Path, arm: str, records: list[dict]) -> dict:
@@ -372,16 +162,21 @@ def run_arms(a: argparse.Namespace, arms: list, items: list, model, tok, backend
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
-    _check_args(parser, a)
     argv_list = sys.argv[1:] if argv is None else list(argv)
+    a = parser.parse_args(argv_list)
+    parts = None
+    if a.recipe is not None:
+        from .recipe_eval import apply_recipe
+
+        parts = apply_recipe(a, explicit_flags(argv_list))
+    _check_args(parser, a)
     if a.baseline_model:
-        return _compare_models(a, argv_list)
-    evaluate(a, argv_list)
+        return _compare_models(a, argv_list, parts)
+    evaluate(a, argv_list, parts)
     return 0
 
 
-def _compare_models(a: argparse.Namespace, argv: list[str]) -> int:
+def _compare_models(a: argparse.Namespace, argv: list[str], parts: Any = None) -> int:
     """Evaluate ``--baseline-model`` and ``--model`` with identical settings, then compare them
     question by question (see :mod:`.compare`)."""
     import copy
@@ -392,10 +187,10 @@ def _compare_models(a: argparse.Namespace, argv: list[str]) -> int:
     out = a.out
     base = copy.copy(a)
     base.model, base.out = a.baseline_model, out / "baseline"
-    before = evaluate(base, argv)
+    before = evaluate(base, argv, parts)
     gc.collect()
     a.out = out / "model"
-    after = evaluate(a, argv)
+    after = evaluate(a, argv, parts)
     arms = [arm for arm in after if arm in before and arm != "self_samples"]
     for arm in arms:
         result = compare_records(before[arm], after[arm], seed=a.seed)
@@ -408,20 +203,25 @@ def _compare_models(a: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def evaluate(a: argparse.Namespace, argv: list[str]) -> dict[str, list[dict]]:
+def evaluate(a: argparse.Namespace, argv: list[str], parts: Any = None) -> dict[str, list[dict]]:
     """One model: every arm of ``a.mode`` (resumed where possible), tables, curves; returns the
-    records per arm."""
+    records per arm. ``parts``: a recipe's assembly (``--recipe``), whose environment is the arm's."""
     from .data import load_eval_items
     from .report import jsonable, summarize, write_summary
 
     items = load_eval_items(
         a.datasets, data_dir=a.data_dir, split=a.split, limit=a.limit, shuffle=a.shuffle, seed=a.seed
     )
-    retriever = parse_retriever(a.retriever, a.corpus) if a.mode != "self" else None
+    retriever = parse_retriever(a.retriever, a.corpus) if a.mode != "self" and parts is None else None
     t0 = time.perf_counter()
     model, tok, backend = _load(a)
     a.out.mkdir(parents=True, exist_ok=True)
-    arms = build_arms(a, tok, retriever)
+    if parts is not None:
+        from .recipe_eval import recipe_arms
+
+        arms = recipe_arms(a, parts, tok)
+    else:
+        arms = build_arms(a, tok, retriever)
     names = [arm.name for arm in arms]
     print(f"[eval] {len(items)} questions, mode {a.mode}, arms {names} -> {a.out}", file=sys.stderr)
     load_s = round(time.perf_counter() - t0, 2)

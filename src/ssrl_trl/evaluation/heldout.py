@@ -23,8 +23,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..budgets import Budgets
+from ..callbacks import record_log
 from ..data import QAItem
-from ..rollout.engine import Budgets
 from .compare import compare_records, format_line, write_comparison
 from .runner import Arm, run_arm
 
@@ -43,7 +44,6 @@ class HeldOut:
     env: Any
     template: str
     budgets: Budgets
-    format_check: str
     out_dir: Path
     system: str | None = None
     response_prefix: str | None = None
@@ -71,7 +71,6 @@ class HeldOut:
             SamplingConfig(temperature=0.0),
             system=self.system,
             response_prefix=self.response_prefix,
-            format_check=self.format_check,
             describe={
                 "starting_model": self.model_name,
                 "questions_sha1": digest,
@@ -157,9 +156,7 @@ class HeldOutCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self._pending or logs is None:
             return
-        logs.update(self._pending)
-        if state.log_history and state.log_history[-1].get("step") == state.global_step:
-            state.log_history[-1].update(self._pending)
+        record_log(state, logs, self._pending)
         self._pending = {}
 
 

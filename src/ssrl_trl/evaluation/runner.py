@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..budgets import Budgets
 from ..data import QAItem
-from ..formats import format_valid
+from ..formats import FormatCheck, get_format_check
 from ..jsonl import JsonlError, read_jsonl, repair_tail
 from ..prompts import build_messages
-from ..rollout import Budgets, RolloutEngine, SamplingConfig, Trajectory, encode_prompt
+from ..rollout import RolloutEngine, SamplingConfig, Trajectory, encode_prompt
 from ..scoring import score_answer
 from .signals import trajectory_signals
 
@@ -43,8 +44,9 @@ class SettingsMismatch(RuntimeError):
 class Arm:
     """One way of answering the questions.
 
-    ``env`` is a training environment (``SelfSearchEnv`` or ``RetrievalEnv``); its tag set is the
-    prompt's. ``n`` samples per question; ``signals`` adds uncertainty signals of sample 0 to the
+    ``env`` is a training environment (``SelfSearchEnv``, ``RetrievalEnv`` or any registered kind);
+    its tag set is the prompt's, and its grammar scores ``format_valid`` unless ``format_check``
+    names another (a :class:`~ssrl_trl.formats.FormatCheck` or its name). ``n`` samples per question; ``signals`` adds uncertainty signals of sample 0 to the
     record (used by hybrid routing; they change no answer, so they are not part of the settings
     checked on resume). ``describe`` is saved for the resume check.
     """
@@ -59,13 +61,20 @@ class Arm:
     signals: bool = False
     #: Forced, masked opening of every completion (e.g. ``"<think>"``), as in the training recipe.
     response_prefix: str | None = None
-    #: Which method's format check scores ``format_valid`` (:data:`~ssrl_trl.formats.FORMAT_CHECKS`).
-    format_check: str = "search_r1"
+    #: The grammar that scores ``format_valid``; ``None``: the environment's tag set's own.
+    format_check: FormatCheck | str | None = None
     describe: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"arm {self.name!r}: n must be >= 1, got {self.n}")
+        if self.format_check is not None:
+            self.format_check = get_format_check(self.format_check)
+
+    @property
+    def check(self) -> FormatCheck:
+        """The format check in use (see ``format_check``)."""
+        return self.format_check or self.env.tags.format_check  # type: ignore[return-value]
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -75,8 +84,8 @@ class Arm:
             "template_sha1": hashlib.sha1(self.template.encode()).hexdigest()[:12],
             "system": self.system,
             "response_prefix": self.response_prefix,
-            "format_check": self.format_check,
-            "budgets": asdict(self.budgets),
+            "format_check": self.check.name,
+            "budgets": self.budgets.model_dump(),
             "sampling": asdict(self.sampling),
             "n": self.n,
             **self.describe,
@@ -152,7 +161,7 @@ def _summary(traj: Trajectory, golden: list[str], arm: Arm, tokenizer: Any) -> d
     return {
         "answer": traj.answer,
         **score_answer(traj.answer, golden),
-        "format_valid": format_valid(arm.format_check, text, arm.env.tags),
+        "format_valid": arm.check.valid(text, arm.env.tags),
         "stop_reason": traj.stop_reason,
         "searches": traj.num_searches,
         "tokens": len(traj.completion_ids),

@@ -28,10 +28,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from ..detok import token_texts
 from ..protocol import TagSet, find_spans
-from ..rollout.detok import token_texts
-from ..rollout.trajectory import Trajectory
 from ..scoring import normalize_answer
+from ..trajectory import Trajectory
 
 __all__ = ["SIGNALS", "answer_disagreement", "token_entropies", "trajectory_signals"]
 

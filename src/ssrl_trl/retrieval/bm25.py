@@ -6,7 +6,7 @@ Build (one streaming pass)::
 
 Use in-process::
 
-    retriever = BM25Retriever.load("indexes/mini_wiki_bm25")
+    retriever = BM25Index.load("indexes/mini_wiki_bm25")   # the engine's Retriever
     retriever.search(["who wrote hamlet"], k=3)
 
 Tokenisation is bm25s's (lower-case, ``\\w\\w+`` tokens, English stopwords, Snowball stemmer), the
@@ -28,7 +28,7 @@ from typing import Any
 from .base import Doc, check_k
 from .corpus import DocStore, read_index_meta, write_index_meta
 
-__all__ = ["BM25Index", "BM25Retriever"]
+__all__ = ["BM25Index"]
 
 _MODEL_DIR = "bm25"
 
@@ -111,6 +111,9 @@ class BM25Index:
     def __len__(self) -> int:
         return len(self.store)
 
+    def __repr__(self) -> str:
+        return f"BM25Index({self.store.directory}, {len(self)} passages)"
+
     def search(self, queries: list[str], k: int) -> list[list[Doc]]:
         """Top ``k`` passages per query; passages sharing no term with the query are left out."""
         import bm25s
@@ -128,23 +131,6 @@ class BM25Index:
             )
             rows, scores = self.model.retrieve(tokens, k=k, show_progress=False)
         return self.store.hits_to_docs(rows, scores, keep=lambda _row, score: score > 0)
-
-
-class BM25Retriever:
-    """The engine's :class:`~.base.Retriever` over a :class:`BM25Index` (in-process, no server)."""
-
-    def __init__(self, index: BM25Index) -> None:
-        self.index = index
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, mmap: bool = True) -> BM25Retriever:
-        return cls(BM25Index.load(directory, mmap=mmap))
-
-    def search(self, queries: list[str], k: int) -> list[list[Doc]]:
-        return self.index.search(queries, k)
-
-    def __repr__(self) -> str:
-        return f"BM25Retriever({self.index.store.directory}, {len(self.index)} passages)"
 
 
 def _make_stemmer(language: str | None) -> Any:

@@ -6,25 +6,24 @@
     retriever.search(["who wrote hamlet"], k=3)
 
 Why: in training the retriever is "the world". Transient failures (connection refused or reset,
-timeouts, HTTP 429/5xx) are retried a bounded number of times with exponential backoff and
-jitter; whatever is left is raised as :class:`RetrieverError`, which the environment turns into a
-masked error observation instead of crashing the step. A 4xx is not retried: the request itself
-is bad (say a query over the server's length limit) and would fail again. One ``httpx.Client``
-keeps connections alive across calls, and large batches are split to stay under server limits.
+timeouts, HTTP 408/429/5xx) are retried a bounded number of times with exponential backoff and
+jitter (:mod:`ssrl_trl.http_retry`, the policy the vLLM server client uses too); whatever is left
+is raised as :class:`RetrieverError`, which the environment turns into a masked error observation
+instead of crashing the step. A 4xx is not retried: the request itself is bad (say a query over
+the server's length limit) and would fail again. One ``httpx.Client`` keeps connections alive
+across calls, and large batches are split to stay under server limits.
 """
 
 from __future__ import annotations
 
-import random
-import time
 from typing import Any, Literal
 
+from ..http_retry import RetriesExhausted, RetryPolicy, response_detail, send
 from .base import Doc, RetrieverError, check_k
 
 __all__ = ["HTTPRetriever"]
 
 _ENDPOINTS = {"search_r1": "/retrieve", "r1_searcher": "/queries"}
-_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class HTTPRetriever:
@@ -68,6 +67,7 @@ class HTTPRetriever:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.max_batch = max_batch
+        self.policy = RetryPolicy(retries, backoff, max_backoff, timeout=timeout)
         self._client = self._make_client()
 
     def _make_client(self) -> Any:
@@ -105,39 +105,23 @@ class HTTPRetriever:
             raise RetrieverError(f"malformed response from {self.endpoint}: {type(e).__name__}: {e}") from e
 
     def _post(self, payload: dict[str, Any]) -> Any:
-        import httpx
-
-        problem = "no attempt made"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self._delay(attempt))
-            try:
-                resp = self._client.post(self.endpoint, json=payload)
-            except httpx.TimeoutException as e:
-                problem = f"timed out after {self.timeout}s ({type(e).__name__})"
-                continue
-            except httpx.TransportError as e:
-                problem = f"{type(e).__name__}: {e}"
-                continue
-            if resp.status_code in _RETRY_STATUS:
-                problem = f"HTTP {resp.status_code}: {_detail(resp)}"
-                continue
-            if resp.status_code >= 400:
-                raise RetrieverError(
-                    f"retrieval server {self.endpoint} rejected the request (HTTP {resp.status_code}): {_detail(resp)}"
-                )
-            try:
-                return resp.json()
-            except ValueError as e:
-                raise RetrieverError(
-                    f"retrieval server {self.endpoint} answered non-JSON: {resp.text[:200]!r}"
-                ) from e
-        raise RetrieverError(
-            f"retrieval failed after {self.retries + 1} attempt(s) to {self.endpoint}: {problem}"
-        )
-
-    def _delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        try:
+            resp = send(self.policy, lambda: self._client.post(self.endpoint, json=payload))
+        except RetriesExhausted as exc:
+            raise RetrieverError(
+                f"retrieval failed after {exc.attempts} attempt(s) to {self.endpoint}: {exc.problem}"
+            ) from None
+        if resp.status_code >= 400:
+            raise RetrieverError(
+                f"retrieval server {self.endpoint} rejected the request (HTTP {resp.status_code}): "
+                f"{response_detail(resp)}"
+            )
+        try:
+            return resp.json()
+        except ValueError as e:
+            raise RetrieverError(
+                f"retrieval server {self.endpoint} answered non-JSON: {resp.text[:200]!r}"
+            ) from e
 
     def close(self) -> None:
         self._client.close()
@@ -189,13 +173,3 @@ def _r1_searcher_hit(hit: str) -> Doc:
     if not isinstance(hit, str):
         raise TypeError(f"expected a passage string, got {type(hit).__name__}")
     return Doc("", hit, None)
-
-
-def _detail(resp: Any) -> str:
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:200] or resp.reason_phrase
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])[:500]
-    return str(body)[:200]

@@ -8,7 +8,7 @@ sample are in memory)::
 
 Use in-process::
 
-    retriever = DenseRetriever.load("indexes/wiki18_e5_ivf", nprobe=64)
+    retriever = DenseIndex.load("indexes/wiki18_e5_ivf", nprobe=64)   # the engine's Retriever
 
 Why the options: a flat inner-product index over wiki-18 with e5-base (768 dims) needs ~62 GB of
 RAM, so IVF (coarse clustering, search ``nprobe`` lists), HNSW (graph, fast but larger) and PQ
@@ -32,7 +32,6 @@ from .corpus import DocStore, read_index_meta, write_index_meta
 __all__ = [
     "INDEX_TYPES",
     "DenseIndex",
-    "DenseRetriever",
     "Encoder",
     "default_prefixes",
     "faiss_factory_string",
@@ -140,7 +139,6 @@ class DenseIndex:
         ``pq_nbits`` bits give ``pq_m * pq_nbits / 8`` bytes per passage.
         """
         import faiss
-        import numpy as np
 
         qp, pp = default_prefixes(model)
         query_prefix = qp if query_prefix is None else query_prefix
@@ -149,19 +147,7 @@ class DenseIndex:
         out_dir = Path(out_dir)
         texts = DocStore.write(records, out_dir)
         bar = _progress_bar(show_progress)
-
-        def embed(chunk: list[str]) -> Any:
-            vecs = encoder.encode(
-                [passage_prefix + t for t in chunk],
-                batch_size=batch_size,
-                normalize_embeddings=normalize,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            if bar is not None:
-                bar.update(len(chunk))
-            return np.ascontiguousarray(vecs, dtype=np.float32)
-
+        embed = _embedder(encoder, passage_prefix, batch_size, normalize, bar)
         chunks = (embed(c) for c in _chunked(texts, chunk_size))
         first = next(chunks, None)
         if first is None:
@@ -171,38 +157,13 @@ class DenseIndex:
             index_type, dim, nlist=nlist, pq_m=pq_m, pq_nbits=pq_nbits, hnsw_m=hnsw_m
         )
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        pending = [first]
-        if not index.is_trained:
-            # hold only the training sample, then add it and stream the rest
-            while sum(len(p) for p in pending) < train_size and (nxt := next(chunks, None)) is not None:
-                pending.append(nxt)
-            sample = np.concatenate(pending)
-            if index_type in ("ivf", "ivfpq") and len(sample) < nlist:
-                raise ValueError(
-                    f"IVF with nlist={nlist} needs at least {nlist} passages to train on, got {len(sample)}"
-                )
-            index.train(sample[:train_size])
-            del sample
-        for vecs in pending:
-            index.add(vecs)
-        del pending
-        for vecs in chunks:
-            index.add(vecs)
+        _train_and_add(index, first, chunks, index_type=index_type, nlist=nlist, train_size=train_size)
         if bar is not None:
             bar.close()
         faiss.write_index(index, str(out_dir / _FAISS_FILE))
-        write_index_meta(
-            out_dir,
-            "dense",
-            num_docs=int(index.ntotal),
-            model=str(model),
-            index_type=index_type,
-            faiss_factory=factory,
-            dim=dim,
-            query_prefix=query_prefix,
-            passage_prefix=passage_prefix,
-            normalize=normalize,
-        )
+        meta = {"model": str(model), "index_type": index_type, "faiss_factory": factory, "dim": dim}
+        prefixes = {"query_prefix": query_prefix, "passage_prefix": passage_prefix, "normalize": normalize}
+        write_index_meta(out_dir, "dense", num_docs=int(index.ntotal), **meta, **prefixes)
         return cls.load(out_dir, encoder=encoder)
 
     @classmethod
@@ -244,6 +205,9 @@ class DenseIndex:
     def __len__(self) -> int:
         return len(self.store)
 
+    def __repr__(self) -> str:
+        return f"DenseIndex({self.store.directory}, {len(self)} passages)"
+
     def search(self, queries: list[str], k: int) -> list[list[Doc]]:
         """Top ``k`` passages per query by cosine similarity (inner product of normalised vectors)."""
         import numpy as np
@@ -264,22 +228,48 @@ class DenseIndex:
         return self.store.hits_to_docs(rows, scores, keep=lambda row, _score: row >= 0)
 
 
-class DenseRetriever:
-    """The engine's :class:`~.base.Retriever` over a :class:`DenseIndex` (in-process, no server)."""
+def _embedder(encoder: Encoder, passage_prefix: str, batch_size: int, normalize: bool, bar: Any) -> Any:
+    """``chunk of passages -> float32 vectors``, advancing the progress bar."""
+    import numpy as np
 
-    def __init__(self, index: DenseIndex) -> None:
-        self.index = index
+    def embed(chunk: list[str]) -> Any:
+        vecs = encoder.encode(
+            [passage_prefix + t for t in chunk],
+            batch_size=batch_size,
+            normalize_embeddings=normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        if bar is not None:
+            bar.update(len(chunk))
+        return np.ascontiguousarray(vecs, dtype=np.float32)
 
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], **options: Any) -> DenseRetriever:
-        """Options as for :meth:`DenseIndex.load` (model, encoder, device, mmap, nprobe, ef_search)."""
-        return cls(DenseIndex.load(directory, **options))
+    return embed
 
-    def search(self, queries: list[str], k: int) -> list[list[Doc]]:
-        return self.index.search(queries, k)
 
-    def __repr__(self) -> str:
-        return f"DenseRetriever({self.index.store.directory}, {len(self.index)} passages)"
+def _train_and_add(
+    index: Any, first: Any, chunks: Iterator[Any], *, index_type: str, nlist: int, train_size: int
+) -> None:
+    """Train ``index`` if it needs it (holding only the training sample), then add every chunk."""
+    import numpy as np
+
+    pending = [first]
+    if not index.is_trained:
+        # hold only the training sample, then add it and stream the rest
+        while sum(len(p) for p in pending) < train_size and (nxt := next(chunks, None)) is not None:
+            pending.append(nxt)
+        sample = np.concatenate(pending)
+        if index_type in ("ivf", "ivfpq") and len(sample) < nlist:
+            raise ValueError(
+                f"IVF with nlist={nlist} needs at least {nlist} passages to train on, got {len(sample)}"
+            )
+        index.train(sample[:train_size])
+        del sample
+    for vecs in pending:
+        index.add(vecs)
+    del pending
+    for vecs in chunks:
+        index.add(vecs)
 
 
 def _set_search_params(index: Any, *, nprobe: int, ef_search: int) -> None:

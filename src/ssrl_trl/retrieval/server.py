@@ -84,86 +84,93 @@ def create_app(retriever: Retriever, limits: ServerLimits | None = None) -> Fast
     app.state.batcher = batcher
     app.state.limits = limits
 
-    async def handle(request: Request, model: type[Strict], respond: Any) -> Response:
-        started = time.monotonic()
-        n_queries = 0
-        try:
-            body = await read_body(request, limits.max_body_bytes)
-            req = parse(body, model)
-            n_queries = len(req.queries)
-            k = check_limits(req.queries, req.requested_k, limits)
-            results = await _search_unless_gone(request, batcher, req.queries, k) if req.queries else []
-            if results is None:
-                raise ClientDisconnect()
-            check_response_size(results, limits)
-        except ClientDisconnect:
-            where = "while sending its request" if not n_queries else f"with {n_queries} queries pending"
-            log.info(
-                "client %s disconnected %s after %.2fs; its work was dropped",
-                _client(request),
-                where,
-                time.monotonic() - started,
-            )
-            return Response(status_code=CLIENT_GONE)
-        except HTTPError as e:
-            content: dict[str, Any] = {"detail": e.detail}
-            if e.errors is not None:
-                content["errors"] = e.errors
-            return JSONResponse(content, status_code=e.status)
-        except BatcherBusy as e:
-            return JSONResponse({"detail": str(e)}, status_code=503)
-        except SearchFailed as e:
-            return JSONResponse({"detail": str(e)}, status_code=500)
-        return JSONResponse(respond(req, results))
-
-    def search_r1(req: Any, results: list[list[Doc]]) -> dict[str, Any]:
-        if req.return_scores:
-            return {"result": [[{"document": _doc(d), "score": d.score} for d in docs] for docs in results]}
-        return {"result": [[_doc(d) for d in docs] for docs in results]}
-
-    def r1_searcher(req: Any, results: list[list[Doc]]) -> dict[str, Any]:
-        return {"queries": req.queries, "answers": [[d.contents for d in docs] for docs in results]}
-
     @app.post("/retrieve", openapi_extra=_openapi_body(SearchR1Request))
-    async def retrieve(request: Request) -> JSONResponse:
+    async def retrieve(request: Request) -> Response:
         """Search-R1 API."""
-        return await handle(request, SearchR1Request, search_r1)
+        return await _handle(request, SearchR1Request, _search_r1_body, batcher, limits)
 
     @app.post("/queries", openapi_extra=_openapi_body(R1SearcherRequest))
-    async def queries(request: Request) -> JSONResponse:
+    async def queries(request: Request) -> Response:
         """R1-Searcher API."""
-        return await handle(request, R1SearcherRequest, r1_searcher)
+        return await _handle(request, R1SearcherRequest, _r1_searcher_body, batcher, limits)
 
     @app.get("/health")
     async def health(probe: bool = False) -> JSONResponse:
         """``ok``, ``degraded`` (the last search failed) or ``down`` (no batching loop); 503 unless ok."""
-        probe_error = await _probe(batcher) if probe and batcher.running else None
-        state = batcher.state()
-        retriever_state = {
-            "name": repr(retriever),
-            "status": "failing"
-            if state["failures_in_a_row"]
-            else ("ok" if state["search_calls"] else "unused"),
-            "last_error": state["last_error"],
-            "last_error_age_s": state["last_error_age_s"],
-            "last_success_age_s": state["last_success_age_s"],
-            "failures_in_a_row": state["failures_in_a_row"],
-        }
-        if probe_error is not None:
-            retriever_state["probe_error"] = probe_error
-        body = {
-            "status": state["status"],
-            "retriever": retriever_state,
-            "batcher": {
-                k: state[k]
-                for k in ("running", "pending", "search_calls", "failed_calls", "abandoned_queries")
-            },
-            "pending": state["pending"],
-            "search_calls": state["search_calls"],
-        }
-        return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
+        return await _health(retriever, batcher, probe)
 
     return app
+
+
+async def _handle(
+    request: Request, model: type[Strict], respond: Any, batcher: MicroBatcher, limits: ServerLimits
+) -> Response:
+    """Read, validate and answer one search request (a departed client gets no answer)."""
+    started = time.monotonic()
+    n_queries = 0
+    try:
+        body = await read_body(request, limits.max_body_bytes)
+        req = parse(body, model)
+        n_queries = len(req.queries)
+        k = check_limits(req.queries, req.requested_k, limits)
+        results = await _search_unless_gone(request, batcher, req.queries, k) if req.queries else []
+        if results is None:
+            raise ClientDisconnect()
+        check_response_size(results, limits)
+    except ClientDisconnect:
+        where = "while sending its request" if not n_queries else f"with {n_queries} queries pending"
+        log.info(
+            "client %s disconnected %s after %.2fs; its work was dropped",
+            _client(request),
+            where,
+            time.monotonic() - started,
+        )
+        return Response(status_code=CLIENT_GONE)
+    except HTTPError as e:
+        content: dict[str, Any] = {"detail": e.detail}
+        if e.errors is not None:
+            content["errors"] = e.errors
+        return JSONResponse(content, status_code=e.status)
+    except BatcherBusy as e:
+        return JSONResponse({"detail": str(e)}, status_code=503)
+    except SearchFailed as e:
+        return JSONResponse({"detail": str(e)}, status_code=500)
+    return JSONResponse(respond(req, results))
+
+
+def _search_r1_body(req: Any, results: list[list[Doc]]) -> dict[str, Any]:
+    if req.return_scores:
+        return {"result": [[{"document": _doc(d), "score": d.score} for d in docs] for docs in results]}
+    return {"result": [[_doc(d) for d in docs] for docs in results]}
+
+
+def _r1_searcher_body(req: Any, results: list[list[Doc]]) -> dict[str, Any]:
+    return {"queries": req.queries, "answers": [[d.contents for d in docs] for docs in results]}
+
+
+async def _health(retriever: Retriever, batcher: MicroBatcher, probe: bool) -> JSONResponse:
+    probe_error = await _probe(batcher) if probe and batcher.running else None
+    state = batcher.state()
+    retriever_state = {
+        "name": repr(retriever),
+        "status": "failing" if state["failures_in_a_row"] else ("ok" if state["search_calls"] else "unused"),
+        "last_error": state["last_error"],
+        "last_error_age_s": state["last_error_age_s"],
+        "last_success_age_s": state["last_success_age_s"],
+        "failures_in_a_row": state["failures_in_a_row"],
+    }
+    if probe_error is not None:
+        retriever_state["probe_error"] = probe_error
+    body = {
+        "status": state["status"],
+        "retriever": retriever_state,
+        "batcher": {
+            k: state[k] for k in ("running", "pending", "search_calls", "failed_calls", "abandoned_queries")
+        },
+        "pending": state["pending"],
+        "search_calls": state["search_calls"],
+    }
+    return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
 
 
 async def _probe(batcher: MicroBatcher, timeout_s: float = 10.0) -> str | None:

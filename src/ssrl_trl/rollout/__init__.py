@@ -1,10 +1,11 @@
 """The rollout engine (episodes × environment × backend) and its TRL adapter."""
 
+from ..budgets import Budgets
+from ..trajectory import Segment, Trajectory, TrajectoryError
 from .backends import Backend, GenRequest, GenResult, SamplingConfig, ScriptedBackend
-from .engine import Budgets, RolloutEngine, RolloutStats
+from .engine import RolloutEngine, RolloutStats
 from .hf_backend import HFBackend
-from .trajectory import Segment, Trajectory, TrajectoryError
-from .trl_adapter import SearchRollout, encode_prompt
+from .trl_adapter import SearchRollout, backend_kind, encode_prompt
 from .vllm_backend import VLLMBackend
 from .vllm_server import VLLMServerBackend, VLLMServerError
 
@@ -25,5 +26,6 @@ __all__ = [
     "VLLMBackend",
     "VLLMServerBackend",
     "VLLMServerError",
+    "backend_kind",
     "encode_prompt",
 ]

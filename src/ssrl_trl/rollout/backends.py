@@ -5,28 +5,29 @@ stopping at stop strings, EOS or a token budget. Requests are independent (each 
 stop strings and budget), so the engine can mix episodes at different turns in one call and a
 continuous-batching backend (vLLM) can serve them as they arrive.
 
-* :class:`HFBackend` — ``transformers`` ``generate`` (CPU, tests, DeepSpeed ZeRO-3 when the
-  caller wraps it in TRL's ``unwrap_model_for_generation``).
+* :class:`~.hf_backend.HFBackend` — ``transformers`` (CPU, tests, DeepSpeed ZeRO-3 when the
+  caller wraps it in TRL's ``unwrap_model_for_generation``);
+* :mod:`.vllm_backend` / :mod:`.vllm_server` — vLLM's engine or an OpenAI-compatible server;
 * :class:`ScriptedBackend` — replays scripted model text, for tests and debugging.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .detok import token_texts
+from ..detok import token_texts
 
 __all__ = [
     "Backend",
     "GenRequest",
     "GenResult",
-    "HFBackend",
     "SamplingConfig",
     "ScriptedBackend",
     "cut_generation",
     "resolve_eos_ids",
+    "vllm_sampling_fields",
 ]
 
 FinishReason = Literal["stop", "eos", "length"]
@@ -65,7 +66,30 @@ class GenResult:
     finish_reason: FinishReason
     #: Decoded text of ``token_ids`` (the engine parses it; it never re-encodes it).
     text: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def vllm_sampling_fields(request: GenRequest, sampling: SamplingConfig) -> dict[str, Any]:
+    """One turn's vLLM sampling settings, by vLLM's names: the one mapping, used both for the
+    engine's ``SamplingParams`` and for the OpenAI server's ``/v1/completions`` body.
+
+    Stop strings are kept in the output (a closing ``</search>`` stays in the trajectory), special
+    tokens are not skipped (ids and text stay aligned), and the sampled token's log-prob comes back
+    (``logprobs=0``). No top-k filter (``top_k=0`` here, as in TRL) is sent as ``-1``, which every
+    vLLM version reads as "disabled" (before 0.9, ``0`` was refused).
+    """
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k if sampling.top_k > 0 else -1,
+        "min_p": sampling.min_p,
+        "repetition_penalty": sampling.repetition_penalty,
+        "max_tokens": request.max_tokens,
+        "stop": list(request.stop),
+        "include_stop_str_in_output": True,
+        "skip_special_tokens": False,
+        "ignore_eos": sampling.ignore_eos,
+        "logprobs": 0,
+    }
 
 
 class Backend(Protocol):
@@ -108,89 +132,6 @@ def cut_generation(
             end, reason = idx + 1, "stop"
     text = "".join(texts.pieces[:end])
     return GenResult(token_ids[:end], logprobs[:end], reason, text=text)
-
-
-class HFBackend:
-    """Batched ``model.generate`` with per-token log-probs of the processed (tempered, filtered)
-    distribution, i.e. the probabilities the tokens were actually sampled from.
-
-    Requests with the same stop strings share one ``generate`` call (left-padded); each result
-    is then cut to its own budget. ``batch_size`` bounds memory.
-    """
-
-    def __init__(
-        self, model: Any, tokenizer: Any, *, batch_size: int = 64, eos_token_ids: Sequence[int] | None = None
-    ):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.eos_token_ids = resolve_eos_ids(tokenizer, eos_token_ids)
-        self.pad_token_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        )
-
-    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
-        results: list[GenResult | None] = [None] * len(requests)
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i, req in enumerate(requests):
-            groups.setdefault(tuple(req.stop), []).append(i)
-        for stop, indices in groups.items():
-            for b in range(0, len(indices), self.batch_size):
-                chunk = indices[b : b + self.batch_size]
-                for i, res in zip(
-                    chunk, self._generate_batch([requests[i] for i in chunk], stop, sampling), strict=True
-                ):
-                    results[i] = res
-        return results  # type: ignore[return-value]
-
-    def _generate_batch(self, reqs: list[GenRequest], stop: tuple[str, ...], sampling: SamplingConfig):
-        import torch
-
-        if sampling.ignore_eos:
-            raise ValueError("ignore_eos is only supported by the vLLM backends")
-        device = next(self.model.parameters()).device
-        width = max(len(r.prompt_ids) for r in reqs)
-        input_ids = torch.full((len(reqs), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(reqs), width), dtype=torch.long)
-        for row, req in enumerate(reqs):
-            input_ids[row, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
-            attention[row, width - len(req.prompt_ids) :] = 1
-        greedy = sampling.temperature == 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max(r.max_tokens for r in reqs),
-            "do_sample": not greedy,
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": self.eos_token_ids,
-            "output_scores": True,
-            "return_dict_in_generate": True,
-            "use_cache": True,
-        }
-        if not greedy:
-            kwargs.update(
-                temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None
-            )
-            if sampling.min_p:
-                kwargs["min_p"] = sampling.min_p
-        if sampling.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = sampling.repetition_penalty
-        if stop:
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        with torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs
-            )
-            logps = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
-        generated = out.sequences[:, width:].tolist()
-        logps = logps.float().cpu().tolist()
-        return [
-            cut_generation(
-                self.tokenizer,
-                ids,
-                lp,
-                stop=stop,
-                max_tokens=req.max_tokens,
-                eos_token_ids=self.eos_token_ids,
-            )
-            for ids, lp, req in zip(generated, logps, reqs, strict=True)
-        ]
 
 
 class ScriptedBackend:

@@ -11,7 +11,8 @@ decoding or searching, so neither a slow retrieval nor a long turn holds the oth
 (``schedule="independent"``, the default there; ``"batched"`` keeps the lock-step loop).
 
 SSRL (single pass, self-written information masked), Search-R1 and R1-Searcher (retrieval,
-inserted documents masked) differ only in the environment they are given.
+inserted documents masked) differ only in the environment they are given: the engine asks it
+whether it replies to a turn's action and for the replies (:class:`~ssrl_trl.environments.Environment`).
 """
 
 from __future__ import annotations
@@ -22,42 +23,19 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from ..environments.base import Environment, Observation
+from ..budgets import Budgets
+from ..detok import token_texts
+from ..environments.base import Environment
 from ..protocol import Action
+from ..trajectory import Observation, Trajectory
 from .backends import Backend, GenRequest, SamplingConfig
-from .detok import token_texts
-from .trajectory import Trajectory
 
-__all__ = ["Budgets", "RolloutEngine", "RolloutStats", "run_coroutine"]
+__all__ = ["RolloutEngine", "RolloutStats", "run_coroutine"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Budgets:
-    """Token and turn budgets of one episode (Search-R1 defaults: ~500 tokens a turn, top-3
-    documents cut to ~500 tokens, a few searches).
-
-    ``max_completion_tokens`` is a hard cap on the whole completion (TRL's
-    ``max_completion_length``); an observation is only inserted if at least
-    ``answer_reserve_tokens`` remain after it, so the model always has room to answer.
-    """
-
-    max_turns: int = 4
-    max_tokens_per_turn: int = 500
-    max_obs_tokens: int = 500
-    max_completion_tokens: int = 2048
-    answer_reserve_tokens: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("max_turns", "max_tokens_per_turn", "max_completion_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"budgets.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_obs_tokens < 0 or self.answer_reserve_tokens < 0:
-            raise ValueError("budgets.max_obs_tokens and budgets.answer_reserve_tokens must be >= 0")
 
 
 @dataclass
@@ -73,8 +51,6 @@ class RolloutStats:
     backend_calls: int = 0
     environment_calls: int = 0
     generated_tokens: int = 0
-    inserted_tokens: int = 0
-    per_call_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -164,7 +140,7 @@ class RolloutEngine:
                     reply = await loop.run_in_executor(pool, self._reply, ep)
                     stats.environment_s += time.perf_counter() - t0
                     stats.environment_calls += ep.pending.kind == "search"
-                    self._apply_reply(ep, reply, stats)
+                    self._apply_reply(ep, reply)
 
         try:
             results = await asyncio.gather(*(episode(ep) for ep in episodes), return_exceptions=True)
@@ -173,7 +149,6 @@ class RolloutEngine:
             if callable(aclose := getattr(self.backend, "aclose", None)):
                 await aclose()
         stats.generation_s = time.perf_counter() - start
-        stats.per_call_sizes.append(len(episodes))
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -195,7 +170,6 @@ class RolloutEngine:
         results = self.backend.generate(requests, sampling)
         stats.generation_s += time.perf_counter() - start
         stats.backend_calls += 1
-        stats.per_call_sizes.append(len(requests))
         for ep, res in zip(live, results, strict=True):
             self._after_turn(ep, res)
             stats.generated_tokens += len(res.token_ids)
@@ -211,16 +185,17 @@ class RolloutEngine:
         action = self.env.parse(ep.turn_text)
         ep.pending = None
         turns_left = traj.turns < self.budgets.max_turns
+        replied = turns_left and action.kind != "answer" and self.env.replies_to(action)
         if action.kind == "answer":
             traj.answer = action.content
             self._finish(ep, "answer")
         elif self._remaining(traj) <= 0:
             self._finish(ep, "max_completion_tokens")
-        elif turns_left and action.kind == "search" and self.env.answers_searches:
+        elif replied and action.kind != "invalid":
             ep.pending = action
         elif turns_left and res.finish_reason == "length":
             pass  # the turn ran out of tokens mid-thought: the model continues in its next turn
-        elif turns_left and self.env.answers_searches:
+        elif replied:
             ep.pending = action  # invalid: the environment may send a corrective message
         elif res.finish_reason == "length":
             self._finish(ep, "max_turns")
@@ -245,31 +220,24 @@ class RolloutEngine:
         return min(self.budgets.max_obs_tokens, self._remaining(traj) - self.budgets.answer_reserve_tokens)
 
     def _respond(self, waiting: list[_Episode], stats: RolloutStats) -> None:
-        searches = [ep for ep in waiting if ep.pending.kind == "search"]
+        """Every waiting episode's reply from one environment call (its searches batched)."""
         start = time.perf_counter()
-        replies: dict[int, Observation | None] = {}
-        if searches:
-            observations = self.env.observe(
-                [ep.pending for ep in searches], [self._obs_budget(ep.traj) for ep in searches]
-            )
-            stats.environment_calls += 1
-            replies.update({id(ep): obs for ep, obs in zip(searches, observations, strict=True)})
         for ep in waiting:
-            if ep.pending.kind != "search":
-                replies[id(ep)] = self._reply(ep)
+            ep.traj.invalid_actions += ep.pending.kind == "invalid"
+        replies = self.env.respond(
+            [ep.pending for ep in waiting], [self._obs_budget(ep.traj) for ep in waiting]
+        )
+        stats.environment_calls += any(ep.pending.kind == "search" for ep in waiting)
         stats.environment_s += time.perf_counter() - start
-        for ep in waiting:
-            self._apply_reply(ep, replies[id(ep)], stats)
+        for ep, obs in zip(waiting, replies, strict=True):
+            self._apply_reply(ep, obs)
 
     def _reply(self, ep: _Episode) -> Observation | None:
-        """The environment's reply to one episode's pending action: documents for a search, a
-        correction for an invalid turn (the batched loop sends searches together instead)."""
-        if ep.pending.kind == "search":
-            return self.env.observe([ep.pending], [self._obs_budget(ep.traj)])[0]
-        ep.traj.invalid_actions += 1
-        return self.env.correction(ep.pending, self._obs_budget(ep.traj))
+        """The environment's reply to one episode's pending action (the independent schedule)."""
+        ep.traj.invalid_actions += ep.pending.kind == "invalid"
+        return self.env.respond([ep.pending], [self._obs_budget(ep.traj)])[0]
 
-    def _apply_reply(self, ep: _Episode, obs: Observation | None, stats: RolloutStats) -> None:
+    def _apply_reply(self, ep: _Episode, obs: Observation | None) -> None:
         action, traj = ep.pending, ep.traj
         if action.kind == "search":
             traj.num_searches += 1
@@ -283,7 +251,6 @@ class RolloutEngine:
             traj.doc_ids.append(list(obs.doc_ids))
         traj.append(obs.ids, obs.kind)
         traj.observation_tokens += len(obs.ids)
-        stats.inserted_tokens += len(obs.ids)
         ep.pending = None
         ep.turn_start = len(traj.completion_ids)
 

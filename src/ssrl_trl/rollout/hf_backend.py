@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backends import GenRequest, GenResult, SamplingConfig, cut_generation, resolve_eos_ids
+from .hf_sampling import generate_kwargs, sample_next, supports_own_loop, warpers
 
 __all__ = ["HFBackend", "ReuseStats"]
 
@@ -96,7 +97,7 @@ class HFBackend:
         self._kept: list[_Kept] = []
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
-        self._own_loop = own_loop and _supports_own_loop(model)
+        self._own_loop = own_loop and supports_own_loop(model)
 
     # -- public API ------------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
@@ -287,12 +288,12 @@ class HFBackend:
         gen: list[list[int]] = [[] for _ in range(n)]
         logps: list[list[float]] = [[] for _ in range(n)]
         results: list[GenResult | None] = [None] * n
-        warpers = _warpers(sampling)
+        processors = warpers(sampling)
         eos = set(self.eos_token_ids)
         windows = [max((len(s) for s in r.stop), default=0) + 4 for r in reqs]
         active = list(range(n))  # request index of each batch row
         while True:
-            tokens, token_logps = _sample(logits, sampling, warpers, batch.tokens)
+            tokens, token_logps = sample_next(logits, sampling, processors, batch.tokens)
             still = []
             for row, i in enumerate(active):
                 tok = tokens[row]
@@ -360,7 +361,9 @@ class HFBackend:
                 for row, req in enumerate(reqs):
                     ids[row, width - len(req.prompt_ids) :] = torch.tensor(req.prompt_ids)
                     attention[row, width - len(req.prompt_ids) :] = 1
-                kwargs = _generate_kwargs(sampling, max(r.max_tokens for r in reqs), self)
+                kwargs = generate_kwargs(
+                    sampling, max(r.max_tokens for r in reqs), self.pad_token_id, self.eos_token_ids
+                )
                 if stop:
                     kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
                 with torch.no_grad():
@@ -383,84 +386,3 @@ class HFBackend:
                     )
                     self.stats.generated_tokens += len(results[i].token_ids)
         return results  # type: ignore[return-value]
-
-
-def _generate_kwargs(sampling: SamplingConfig, max_new: int, backend: HFBackend) -> dict[str, Any]:
-    greedy = sampling.temperature == 0
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new,
-        "do_sample": not greedy,
-        "pad_token_id": backend.pad_token_id,
-        "eos_token_id": backend.eos_token_ids,
-        "output_scores": True,
-        "return_dict_in_generate": True,
-        "use_cache": True,
-    }
-    if not greedy:
-        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
-        if sampling.min_p:
-            kwargs["min_p"] = sampling.min_p
-    if sampling.repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = sampling.repetition_penalty
-    return kwargs
-
-
-def _supports_own_loop(model: Any) -> bool:
-    """Full attention in every layer (no sliding window, no linear or state-space layers)."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return False
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    if getattr(text, "is_encoder_decoder", False):
-        return False
-    layer_types = getattr(text, "layer_types", None)
-    if layer_types is not None:
-        return all(t == "full_attention" for t in layer_types)
-    return not (getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True))
-
-
-def _warpers(sampling: SamplingConfig) -> list[Any]:
-    """``transformers``' own warpers, in ``generate``'s order (temperature, top-k, top-p, min-p)."""
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    if sampling.temperature == 0:
-        return []
-    out: list[Any] = []
-    if sampling.temperature != 1.0:
-        out.append(TemperatureLogitsWarper(sampling.temperature))
-    if sampling.top_k:
-        out.append(TopKLogitsWarper(sampling.top_k))
-    if sampling.top_p < 1.0:
-        out.append(TopPLogitsWarper(sampling.top_p))
-    if sampling.min_p:
-        out.append(MinPLogitsWarper(sampling.min_p))
-    return out
-
-
-def _sample(logits, sampling: SamplingConfig, warpers: list[Any], histories: list[list[int]]):
-    """Next token per row and its log-prob under the processed distribution."""
-    import torch
-
-    scores = logits
-    if sampling.repetition_penalty != 1.0:
-        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
-
-        width = max(len(h) for h in histories)
-        # Pad each history with its own first token: repeats change nothing in the penalty.
-        hist = torch.tensor([h + [h[0]] * (width - len(h)) for h in histories], device=scores.device)
-        scores = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)(hist, scores)
-    if sampling.temperature == 0:
-        logp = torch.log_softmax(scores, dim=-1)
-        tokens = scores.argmax(dim=-1)
-    else:
-        for warper in warpers:
-            scores = warper(None, scores)
-        logp = torch.log_softmax(scores, dim=-1)
-        tokens = torch.multinomial(logp.exp(), 1).squeeze(-1)
-    chosen = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    return tokens.tolist(), chosen.tolist()

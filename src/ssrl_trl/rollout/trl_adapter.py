@@ -14,17 +14,55 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
+from ..budgets import Budgets
 from ..environments.base import Environment
+from ..trajectory import Trajectory, TrajectoryError
 from .backends import Backend, SamplingConfig
-from .engine import Budgets, RolloutEngine, RolloutStats
+from .engine import RolloutEngine, RolloutStats
 from .hf_backend import HFBackend
 from .rollout_log import RolloutLog
-from .trajectory import Trajectory, TrajectoryError
 
-__all__ = ["SamplingCopy", "SearchRollout", "encode_prompt", "sampling_from_args"]
+__all__ = [
+    "BackendKind",
+    "SamplingCopy",
+    "SearchRollout",
+    "backend_kind",
+    "encode_prompt",
+    "sampling_from_args",
+]
+
+BackendKind = Literal["transformers", "vllm_colocate", "vllm_server"]
+
+
+def backend_kind(args: Any) -> BackendKind:
+    """The generator a ``GRPOConfig`` asks for — the one place that reads it:
+
+    * ``use_vllm=False`` — the trainer's own model through ``transformers``;
+    * ``vllm_mode="colocate"`` — this rank's in-process vLLM engine (``trainer.vllm_generation.llm``);
+    * ``vllm_mode="server"`` — a per-rank client of the trainer's vLLM server.
+
+    Raises ``NotImplementedError`` for settings a multi-turn rollout cannot honour, so a recipe
+    with them fails before any model loads.
+    """
+    if not getattr(args, "use_vllm", False):
+        return "transformers"
+    if getattr(args, "vllm_mode", "colocate") == "server":
+        return "vllm_server"
+    if int(getattr(args, "vllm_tensor_parallel_size", 1) or 1) > 1:
+        raise NotImplementedError(
+            "multi-turn rollouts with vllm_tensor_parallel_size > 1 in colocate mode would need every rank of a "
+            "TP group to step one shared engine in lock-step; use tensor_parallel_size=1 per rank or server mode"
+        )
+    if getattr(args, "vllm_enable_sleep_mode", False):
+        # TRL tracks whether the engine's weights are asleep in a private attribute; a rollout that
+        # sleeps the engine itself would have to write it. Not supported rather than patched.
+        raise NotImplementedError(
+            "grpo.vllm_enable_sleep_mode is not supported with the ssrl-trl rollout (a multi-turn loop "
+            "would have to re-sleep TRL's colocated engine behind its back); leave it false"
+        )
+    return "vllm_colocate"
 
 
 def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
@@ -153,7 +191,7 @@ class SearchRollout:
         max_len = getattr(trainer.args, "max_completion_length", None)
         budgets = self.budgets
         if max_len is not None and max_len < budgets.max_completion_tokens:
-            budgets = replace(budgets, max_completion_tokens=int(max_len))
+            budgets = budgets.model_copy(update={"max_completion_tokens": int(max_len)})
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         sampling = sampling_from_args(trainer.args)
         start = time.perf_counter()
@@ -178,10 +216,19 @@ class SearchRollout:
         if self.backend is not None:
             yield self.backend
             return
-        if getattr(trainer.args, "use_vllm", False):
-            with self._vllm_backend(trainer, tokenizer) as backend:
+        kind = backend_kind(trainer.args)
+        if kind == "vllm_server":
+            yield self._server_backend(trainer, tokenizer)
+        elif kind == "vllm_colocate":
+            from .vllm_backend import VLLMBackend
+
+            yield VLLMBackend(trainer.vllm_generation.llm, tokenizer)
+        else:
+            with self._transformers_backend(trainer, tokenizer) as backend:
                 yield backend
-            return
+
+    @contextlib.contextmanager
+    def _transformers_backend(self, trainer: Any, tokenizer: Any):
         from trl.models.utils import unwrap_model_for_generation
 
         with unwrap_model_for_generation(
@@ -206,45 +253,19 @@ class SearchRollout:
                 own_loop=self.transformers_loop == "own",
             )
 
-    @contextlib.contextmanager
-    def _vllm_backend(self, trainer: Any, tokenizer: Any):
-        args, generation = trainer.args, trainer.vllm_generation
-        if generation.mode == "server":
-            # TRL's main process pushes the weights before rollout_func; the other ranks must not
-            # generate from the server before it has finished.
-            trainer.accelerator.wait_for_everyone()
-            if self._server is None:
-                from .vllm_server import VLLMServerBackend
+    def _server_backend(self, trainer: Any, tokenizer: Any) -> Backend:
+        # TRL's main process pushes the weights before rollout_func; the other ranks must not
+        # generate from the server before it has finished.
+        trainer.accelerator.wait_for_everyone()
+        if self._server is None:
+            from .vllm_server import VLLMServerBackend
 
-                base_url = (
-                    args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
-                )
-                self._server = VLLMServerBackend(
-                    base_url,
-                    tokenizer,
-                    max_concurrency=self.server_concurrency,
-                    timeout=args.vllm_server_timeout,
-                )
-            yield self._server
-            return
-        if int(getattr(args, "vllm_tensor_parallel_size", 1) or 1) > 1:
-            raise NotImplementedError(
-                "multi-turn rollouts with vllm_tensor_parallel_size > 1 in colocate mode would need every rank of a "
-                "TP group to step one shared engine in lock-step; use tensor_parallel_size=1 per rank or server mode"
+            args = trainer.args
+            base_url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+            self._server = VLLMServerBackend(
+                base_url, tokenizer, max_concurrency=self.server_concurrency, timeout=args.vllm_server_timeout
             )
-        from .vllm_backend import VLLMBackend
-
-        sleeping = bool(getattr(args, "vllm_enable_sleep_mode", False))
-        if sleeping:  # the same wake/sleep sequence as TRL's own colocate generation
-            if getattr(generation, "_llm_weights_sleeping", False):
-                generation.sync_weights()
-            generation.llm.wake_up(tags=["kv_cache"])
-        try:
-            yield VLLMBackend(generation.llm, tokenizer)
-        finally:
-            if sleeping:
-                generation.llm.sleep(level=2)
-                generation._llm_weights_sleeping = True
+        return self._server
 
     def to_trl(
         self, trajectories: list[Trajectory], tokenizer: Any, prompts: list, step: int

@@ -23,30 +23,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import GenRequest, GenResult, SamplingConfig, cut_generation, resolve_eos_ids
+from .backends import (
+    GenRequest,
+    GenResult,
+    SamplingConfig,
+    cut_generation,
+    resolve_eos_ids,
+    vllm_sampling_fields,
+)
 
 __all__ = ["VLLMBackend", "build_llm", "vllm_sampling_params"]
 
 
 def vllm_sampling_params(request: GenRequest, sampling: SamplingConfig) -> Any:
-    """vLLM ``SamplingParams`` for one turn: its stop strings (kept in the output, so a closing
-    ``</search>`` stays in the trajectory), its token budget, and the sampled token's log-prob."""
+    """vLLM ``SamplingParams`` for one turn (fields: :func:`~.backends.vllm_sampling_fields`)."""
     from vllm import SamplingParams
 
-    return SamplingParams(
-        n=1,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        min_p=sampling.min_p,
-        repetition_penalty=sampling.repetition_penalty,
-        max_tokens=request.max_tokens,
-        stop=list(request.stop) or None,
-        include_stop_str_in_output=True,
-        skip_special_tokens=False,
-        ignore_eos=sampling.ignore_eos,
-        logprobs=0,
-    )
+    return SamplingParams(n=1, **vllm_sampling_fields(request, sampling))
 
 
 def sampled_logprobs(completion: Any) -> list[float]:

@@ -19,9 +19,19 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backends import GenRequest, GenResult, SamplingConfig, cut_generation, resolve_eos_ids
+from ..http_retry import RetriesExhausted, RetryPolicy, asend
+from .backends import (
+    GenRequest,
+    GenResult,
+    SamplingConfig,
+    cut_generation,
+    resolve_eos_ids,
+    vllm_sampling_fields,
+)
 
 __all__ = ["VLLMServerBackend", "VLLMServerError"]
+
+_SERVER_ERRORS = frozenset(range(500, 600))
 
 
 class VLLMServerError(RuntimeError):
@@ -32,8 +42,9 @@ class VLLMServerBackend:
     """Per-rank async client of a vLLM OpenAI-compatible server.
 
     ``max_concurrency`` bounds the requests in flight from this rank; ``timeout`` bounds one
-    request (connect and read); connection failures are retried ``retries`` times with backoff,
-    then raised as :class:`VLLMServerError` naming the URL and how to start a server.
+    request (connect and read); connection failures and 5xx answers are retried ``retries`` times
+    with backoff (:mod:`ssrl_trl.http_retry`), then raised as :class:`VLLMServerError` naming the
+    URL and how to start a server.
     """
 
     def __init__(
@@ -52,6 +63,10 @@ class VLLMServerBackend:
         self.base_url = base_url.rstrip("/")
         self.tokenizer, self.model = tokenizer, model
         self.max_concurrency, self.timeout, self.retries = max_concurrency, timeout, retries
+        # A timed-out generation is not retried (it would only time out again, doubling the load).
+        self.policy = RetryPolicy(
+            retries, backoff=0.5, retry_status=_SERVER_ERRORS, retry_timeouts=False, timeout=timeout
+        )
         self.eos_token_ids = resolve_eos_ids(tokenizer, eos_token_ids)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -82,34 +97,33 @@ class VLLMServerBackend:
         import httpx
 
         client, slots = self._session()
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                async with slots:
-                    response = await client.request(method, path, **kwargs)
-            except httpx.TimeoutException as exc:
+
+        async def attempt() -> Any:
+            async with slots:
+                return await client.request(method, path, **kwargs)
+
+        try:
+            response = await asend(self.policy, attempt)
+        except httpx.TimeoutException as exc:
+            raise VLLMServerError(
+                f"vLLM server at {self.base_url} did not answer {path} within {self.timeout:.0f}s"
+            ) from exc
+        except RetriesExhausted as exc:
+            if exc.response is not None:
                 raise VLLMServerError(
-                    f"vLLM server at {self.base_url} did not answer {path} within {self.timeout:.0f}s"
-                ) from exc
-            except httpx.TransportError as exc:
-                last = exc
-                await asyncio.sleep(0.5 * 2**attempt)
-                continue
-            if response.status_code >= 500 and attempt < self.retries:
-                last = VLLMServerError(f"{path} returned HTTP {response.status_code}: {response.text[:300]}")
-                await asyncio.sleep(0.5 * 2**attempt)
-                continue
-            if response.status_code != 200:
-                raise VLLMServerError(
-                    f"vLLM server at {self.base_url} refused {path} (HTTP {response.status_code}): "
-                    f"{response.text[:500]}"
-                )
-            return response.json()
-        raise VLLMServerError(
-            f"vLLM server at {self.base_url} is not reachable ({last}). Start one with "
-            f"`vllm serve MODEL --host 127.0.0.1 --port PORT --logprobs-mode processed_logprobs` "
-            f"(or `trl vllm-serve`) and point vllm_server_base_url at it."
-        )
+                    f"vLLM server at {self.base_url} failed {path} {exc.attempts} time(s): {exc.problem}"
+                ) from None
+            raise VLLMServerError(
+                f"vLLM server at {self.base_url} is not reachable ({exc.problem}). Start one with "
+                f"`vllm serve MODEL --host 127.0.0.1 --port PORT --logprobs-mode processed_logprobs` "
+                f"(or `trl vllm-serve`) and point vllm_server_base_url at it."
+            ) from None
+        if response.status_code != 200:
+            raise VLLMServerError(
+                f"vLLM server at {self.base_url} refused {path} (HTTP {response.status_code}): "
+                f"{response.text[:500]}"
+            )
+        return response.json()
 
     async def _model_name(self) -> str:
         if self.model is None:
@@ -121,20 +135,12 @@ class VLLMServerBackend:
 
     # -- generation --------------------------------------------------------------------------------
     def payload(self, model: str, request: GenRequest, sampling: SamplingConfig) -> dict[str, Any]:
+        """The ``/v1/completions`` body: token-id prompt, the shared vLLM sampling fields, and the
+        sampled token ids with their log-probs in the answer."""
         return {
             "model": model,
             "prompt": list(request.prompt_ids),
-            "max_tokens": request.max_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "top_k": sampling.top_k if sampling.top_k > 0 else -1,
-            "min_p": sampling.min_p,
-            "repetition_penalty": sampling.repetition_penalty,
-            "stop": list(request.stop),
-            "include_stop_str_in_output": True,
-            "skip_special_tokens": False,
-            "ignore_eos": sampling.ignore_eos,
-            "logprobs": 0,
+            **vllm_sampling_fields(request, sampling),
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
         }

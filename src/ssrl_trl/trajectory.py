@@ -1,4 +1,8 @@
-"""A finished trajectory: tokens, the loss mask and what happened, as one data class.
+"""The data every layer shares: a trajectory (tokens, loss mask, what happened) and the
+observations environments insert into it.
+
+This module sits at the bottom of the import graph: environments, the rollout engine, evaluation
+and rewards all read these types, and it imports nothing of theirs.
 
 ``completion_ids`` holds every token after the prompt (model turns and inserted observations),
 ``env_mask`` is 1 where the model sampled the token and the loss should see it, 0 where the
@@ -9,10 +13,10 @@ sampled token and 0.0 for inserted ones.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Segment", "Trajectory", "TrajectoryError", "StopReason"]
+__all__ = ["Observation", "Segment", "StopReason", "Trajectory", "TrajectoryError"]
 
 StopReason = Literal[
     "answer",  # a complete answer block ended the episode
@@ -26,6 +30,20 @@ SegmentKind = Literal["prefix", "model", "observation", "correction", "error", "
 
 class TrajectoryError(ValueError):
     """A trajectory violates the TRL contract (lengths, mask values): a bug, never model output."""
+
+
+@dataclass
+class Observation:
+    """Tokens an environment inserts after a model turn (always masked from the loss).
+
+    ``kind`` names the segment it becomes: retrieved documents (``observation``), a corrective
+    message (``correction``) or a retrieval failure (``error``); ``doc_ids`` are the documents shown.
+    """
+
+    kind: Literal["observation", "correction", "error"]
+    ids: list[int]
+    text: str
+    doc_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +144,3 @@ class Trajectory:
             "observation_tokens": self.observation_tokens,
             "masked_fraction": self.masked_fraction,
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)
