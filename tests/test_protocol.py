@@ -32,7 +32,7 @@ from ssrl_trl.protocol import (
 
 
 def test_builtin_tag_sets_are_registered_under_their_names():
-    assert set(TAG_SETS) == {"search_r1", "ssrl", "r1_searcher"}
+    assert set(TAG_SETS) == {"search_r1", "ssrl", "r1_searcher", "autorefine"}
     for name, tags in TAG_SETS.items():
         assert tags.name == name
         assert get_tag_set(name) is tags

@@ -14,7 +14,11 @@ RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate" n
 
 
 #: Recipes whose data a make target generates first (make learn-check, make train-search-r1).
-GENERATED_DATA = {"learn_check.yaml": "runs/learn_check/data/", "search_r1_smollm2.yaml": "runs/data/"}
+GENERATED_DATA = {
+    "learn_check.yaml": "runs/learn_check/data/",
+    "search_r1_smollm2.yaml": "runs/data/",
+    "autorefine_smollm2.yaml": "runs/data/",  # the Search-R1 recipe's reachable questions
+}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO)))

@@ -117,10 +117,11 @@ def test_a_kind_s_options_are_typed_and_checked_when_the_recipe_loads(tmp_path):
     with pytest.raises(RecipeError, match="environment.shout: Input should be a valid string"):
         _load(tmp_path, {"kind": "echo", "shout": [1]})
     with pytest.raises(
-        RecipeError, match="unknown environment kind 'ecko'; known kinds: echo, retrieval, self_search"
+        RecipeError,
+        match="unknown environment kind 'ecko'; known kinds: echo, parallel_retrieval, retrieval, self_search",
     ):
         _load(tmp_path, {"kind": "ecko"})
-    assert environment_kinds() == ["echo", "retrieval", "self_search"]
+    assert environment_kinds() == ["echo", "parallel_retrieval", "retrieval", "self_search"]
     assert environment_kind("retrieval").options.model_fields["topk"].default == 3
 
 

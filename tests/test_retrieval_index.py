@@ -229,7 +229,7 @@ def test_factory_errors_list_valid_names(bm25_dir: Path) -> None:
         build_retriever("bm25", path=bm25_dir)
     with pytest.raises(ValueError, match="needs option"):
         build_retriever("http")
-    assert set(RETRIEVER_KINDS) == {"bm25", "dense", "http", "index", "memory"}
+    assert set(RETRIEVER_KINDS) == {"bm25", "dense", "http", "index", "memory", "simulated"}
     assert isinstance(build_retriever("index", index=bm25_dir), BM25Index)
     assert isinstance(load_retriever(bm25_dir, mmap=False), BM25Index)
     with pytest.raises(FileNotFoundError, match="not an ssrl-trl index"):

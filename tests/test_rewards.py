@@ -20,6 +20,7 @@ from ssrl_trl.rewards import (
     LengthGuardReward,
     R1SearcherStage1Reward,
     R1SearcherStage2Reward,
+    RetrievalHitReward,
     SearchCountReward,
     SearchR1EMReward,
     SearchR1FormatReward,
@@ -426,6 +427,33 @@ def test_format_reward_tags_can_be_overridden():
 )
 def test_search_count_reward(kwargs, completion, extra, expected):
     assert SearchCountReward(**kwargs)(prompts=["q"], completions=[completion], **extra) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("completion", "golden", "expected"),
+    [
+        (GOOD_ROME, ["Paris"], 0.2),  # the answer is wrong but the documents held the gold one
+        (GOOD_PARIS, ["Lyon"], 0.0),  # documents without the gold answer
+        (HALF_PARIS, ["Paris"], 0.0),  # no information block: an answer alone earns nothing here
+        ("<information>the capital</information><answer>x</answer>", ["The Capital"], 0.2),  # normalised
+        ("<information>Parisian life</information>", ["Paris"], 0.2),  # substring, as FlashRAG cover-EM
+        ("<information>unclosed Paris", ["Paris"], 0.0),
+    ],
+    ids=["wrong-answer-hit", "miss", "no-information", "normalised", "substring", "unclosed"],
+)
+def test_retrieval_hit_reward(completion, golden, expected):
+    assert RetrievalHitReward()(prompts=["q"], completions=[completion], golden_answers=[golden]) == [
+        expected
+    ]
+
+
+def test_retrieval_hit_reward_reads_its_tag_set_and_logs_the_rate():
+    logged: dict[str, float] = {}
+    reward = RetrievalHitReward(bonus=0.5).with_tags(R1_SEARCHER)
+    opening, closing = R1_SEARCHER.information
+    texts = [f"{opening}Paris{closing}", "<information>Paris</information>"]
+    scores = reward(completions=texts, golden_answers=[["Paris"]] * 2, log_metric=logged.__setitem__)
+    assert scores == [0.5, 0.0] and logged == {"retrieval_hit/rate": 0.5}
 
 
 def test_search_count_reward_rejects_min_above_max():

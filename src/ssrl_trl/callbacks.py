@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-__all__ = ["RolloutMetricsCallback", "log_number", "record_log"]
+__all__ = ["RolloutMetricsCallback", "TrainingProgressCallback", "log_number", "record_log"]
 
 
 def log_number(logs: dict | None, key: str) -> float | None:
@@ -39,3 +39,46 @@ class RolloutMetricsCallback(TrainerCallback):
         if logs is None or not metrics:
             return
         record_log(state, logs, metrics)
+
+
+class TrainingProgressCallback(TrainerCallback):
+    """Tells the run's environment, and the retriever inside it, which step is about to run.
+
+    Parts whose behaviour follows a schedule over training (the simulated search engine's noise
+    curriculum, :mod:`ssrl_trl.retrieval.simulated`) learn the step here, through the public
+    callback API, instead of reading trainer internals. A part opts in with
+    ``set_training_progress(step, max_steps)`` (``step`` is ``None`` once training ends) and may
+    offer ``training_metrics() -> dict[str, float]`` for the logs. The environment is the
+    rollout's own (built on first use with the trainer's tokenizer), so the part told is the one
+    that answers the rollouts.
+    """
+
+    def __init__(self, rollout) -> None:
+        self.rollout = rollout
+
+    def _parts(self, processing_class: Any) -> list[Any]:
+        if processing_class is None:
+            return []
+        env = self.rollout.environment(getattr(processing_class, "tokenizer", processing_class))
+        return [env, getattr(env, "retriever", None)]
+
+    def _tell(self, step: int | None, max_steps: int | None, processing_class: Any) -> None:
+        for part in self._parts(processing_class):
+            setter = getattr(part, "set_training_progress", None)
+            if callable(setter):
+                setter(step, max_steps)
+
+    def on_step_begin(self, args, state, control, processing_class=None, **kwargs):
+        self._tell(state.global_step, state.max_steps or None, processing_class)
+
+    def on_train_end(self, args, state, control, processing_class=None, **kwargs):
+        self._tell(None, None, processing_class)
+
+    def on_log(self, args, state, control, logs=None, processing_class=None, **kwargs):
+        values: dict[str, float] = {}
+        for part in self._parts(processing_class):
+            metrics = getattr(part, "training_metrics", None)
+            if callable(metrics):
+                values.update(metrics())
+        if values:
+            record_log(state, logs, values)

@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .refine_format import autorefine_format_score
 from .spans import find_spans
 
 if TYPE_CHECKING:
     from .protocol import TagSet
 
 __all__ = [
+    "AUTOREFINE_FORMAT",
     "FORMAT_CHECKS",
     "PLACEHOLDER_QUERIES",
     "R1_SEARCHER_FORMAT",
@@ -198,9 +200,11 @@ def _ssrl_score(text: str, tags: TagSet) -> float:
 SEARCH_R1_FORMAT = FormatCheck("search_r1", _search_r1_score)
 SSRL_FORMAT = FormatCheck("ssrl", _ssrl_score)
 R1_SEARCHER_FORMAT = FormatCheck("r1_searcher", _r1_searcher_score)
+#: AutoRefine: a refine note after every information block (:mod:`.refine_format`).
+AUTOREFINE_FORMAT = FormatCheck("autorefine", autorefine_format_score)
 #: The checks a recipe can name (``tags: {format: ...}``); register a new grammar by adding it here.
 FORMAT_CHECKS: dict[str, FormatCheck] = {
-    c.name: c for c in (SEARCH_R1_FORMAT, SSRL_FORMAT, R1_SEARCHER_FORMAT)
+    c.name: c for c in (SEARCH_R1_FORMAT, SSRL_FORMAT, R1_SEARCHER_FORMAT, AUTOREFINE_FORMAT)
 }
 
 

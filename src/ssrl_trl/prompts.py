@@ -1,9 +1,10 @@
 """Instruction prompts, written in our own words and built from the tag set.
 
 A template is a plain ``str.format`` string with ``{question}`` and the tag names
-(``{think_open}``, ``{search_open}``, ...). Users can replace it with a file named in the recipe;
-a template that does not mention ``{question}`` is rejected, since the model would never see the
-question.
+(``{think_open}``, ``{search_open}``, ..., and ``{query_separator}``, which splits a parallel
+search; ``{refine_open}``/``{refine_close}``, empty for a tag set without a refine step).
+Users can replace it with a file named in the recipe; a template that does not mention
+``{question}`` is rejected, since the model would never see the question.
 """
 
 from __future__ import annotations
@@ -38,7 +39,21 @@ reasoning; the retrieved documents will be inserted between {info_open} and {inf
 with the final answer between {answer_open} and {answer_close}.
 Question: {question}"""
 
-TEMPLATES: dict[str, str] = {"search_r1": _SEARCH_R1, "ssrl": _SSRL, "r1_searcher": _R1_SEARCHER}
+_AUTOREFINE = """\
+Answer the question below. Think inside {think_open} and {think_close}. If you lack a fact, search \
+for it by writing a short query between {search_open} and {search_close}; the search results will \
+then appear between {info_open} and {info_close}. After every set of results, first write between \
+{refine_open} and {refine_close} the few facts from them that bear on the question, in your own \
+short words; then think, search again or answer. When you are sure, write only the final answer, \
+a few words with no explanation, between {answer_open} and {answer_close}.
+Question: {question}"""
+
+TEMPLATES: dict[str, str] = {
+    "search_r1": _SEARCH_R1,
+    "ssrl": _SSRL,
+    "r1_searcher": _R1_SEARCHER,
+    "autorefine": _AUTOREFINE,
+}
 
 
 def load_template(spec: str) -> str:
@@ -58,6 +73,7 @@ def load_template(spec: str) -> str:
 
 def render_prompt(template: str, question: str, tags: TagSet) -> str:
     think = tags.think or ("", "")
+    refine = tags.refine or ("", "")
     fields = {
         "question": question.strip(),
         "think_open": think[0],
@@ -68,6 +84,9 @@ def render_prompt(template: str, question: str, tags: TagSet) -> str:
         "info_close": tags.information[1],
         "answer_open": tags.answer[0],
         "answer_close": tags.answer[1],
+        "refine_open": refine[0],
+        "refine_close": refine[1],
+        "query_separator": tags.query_separator,
     }
     try:
         return template.format(**fields)

@@ -18,10 +18,18 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .documents import R1_SEARCHER_DOCUMENTS, SEARCH_R1_DOCUMENTS, DocumentStyle, get_document_style
-from .formats import R1_SEARCHER_FORMAT, SEARCH_R1_FORMAT, SSRL_FORMAT, FormatCheck, get_format_check
+from .formats import (
+    AUTOREFINE_FORMAT,
+    R1_SEARCHER_FORMAT,
+    SEARCH_R1_FORMAT,
+    SSRL_FORMAT,
+    FormatCheck,
+    get_format_check,
+)
 from .spans import Span, find_spans
 
 __all__ = [
+    "AUTOREFINE",
     "Action",
     "R1_SEARCHER",
     "SEARCH_R1",
@@ -37,8 +45,10 @@ __all__ = [
 
 #: Queries longer than this are cut before they reach a retriever.
 MAX_QUERY_CHARS = 1000
+#: Between the queries of one parallel search (ParallelSearch's ``<search> q1 ## q2 </search>``).
+DEFAULT_QUERY_SEPARATOR = "##"
 
-_PAIRS = ("search", "information", "answer", "think")
+_PAIRS = ("search", "information", "answer", "think", "refine")
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,9 @@ class TagSet:
     """The grammar of one method: tag pairs (opening, closing), the format check that scores a
     completion, and the style in which retrieved documents are inserted.
 
-    ``think`` may be ``None`` for protocols without a reasoning tag. All other pairs are required.
+    ``think`` may be ``None`` for protocols without a reasoning tag; ``refine`` is set only by
+    grammars with a refine step after each information block (AutoRefine). The other pairs are
+    required.
     """
 
     name: str
@@ -56,8 +68,20 @@ class TagSet:
     think: tuple[str, str] | None = ("<think>", "</think>")
     format_check: FormatCheck = SEARCH_R1_FORMAT
     documents: DocumentStyle = SEARCH_R1_DOCUMENTS
+    #: AutoRefine's note after each information block, written by the model (so in the loss).
+    refine: tuple[str, str] | None = None
+    #: Splits one search into several queries where an environment searches them in parallel
+    #: (``parallel_retrieval``); other environments read the whole content as one query.
+    query_separator: str = DEFAULT_QUERY_SEPARATOR
 
     def __post_init__(self) -> None:
+        sep = self.query_separator
+        if not (isinstance(sep, str) and sep and not any(c.isspace() for c in sep)):
+            # Queries are whitespace-collapsed before they are split, so a separator with
+            # whitespace in it could never be found.
+            raise ValueError(
+                f"tag set {self.name!r}: query_separator must be non-empty, without spaces, got {sep!r}"
+            )
         pairs = {k: getattr(self, k) for k in _PAIRS if getattr(self, k) is not None}
         for key, pair in pairs.items():
             if not (isinstance(pair, tuple | list) and len(pair) == 2):
@@ -74,7 +98,7 @@ class TagSet:
             raise ValueError(f"tag set {self.name!r}: tags must be distinct, got {flat}")
 
     def pairs(self) -> dict[str, tuple[str, str]]:
-        """Every tag pair by kind (search, information, answer, then think when there is one)."""
+        """Every tag pair by kind (search, information, answer, then think and refine when set)."""
         return {k: getattr(self, k) for k in _PAIRS if getattr(self, k) is not None}
 
     def format_score(self, text: str) -> float:
@@ -103,10 +127,15 @@ class TagSet:
     def from_dict(cls, data: dict[str, Any], base: TagSet | None = None) -> TagSet:
         """Build a user-defined tag set from a recipe mapping (``{name, search: [o, c], ...}``).
 
-        ``format`` and ``documents`` name a format check and a document style; left out, they are
-        those of ``base`` (the recipe method's tag set), else Search-R1's.
+        ``format`` and ``documents`` name a format check and a document style, ``query_separator``
+        splits a parallel search; left out, they are those of ``base`` (the recipe method's tag
+        set), else Search-R1's.
         """
-        allowed = {"name", "search", "information", "answer", "think", "format", "documents"}
+        allowed = {
+            *("name", "search", "information", "answer", "think", "format", "documents"),
+            "query_separator",
+            "refine",
+        }
         unknown = set(data) - allowed
         if unknown:
             raise ValueError(f"unknown tag-set keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -115,14 +144,17 @@ class TagSet:
             raise ValueError(f"tag set is missing {sorted(missing)}")
         think = data.get("think", ("<think>", "</think>"))
         base = base or SEARCH_R1
+        refine = data.get("refine", base.refine)
         return cls(
             name=str(data.get("name", "custom")),
             search=tuple(data["search"]),
             information=tuple(data["information"]),
             answer=tuple(data["answer"]),
             think=tuple(think) if think is not None else None,
+            refine=tuple(refine) if refine is not None else None,
             format_check=get_format_check(data.get("format", base.format_check)),
             documents=get_document_style(data.get("documents", base.documents)),
+            query_separator=data.get("query_separator", base.query_separator),
         )
 
 
@@ -142,7 +174,11 @@ R1_SEARCHER = TagSet(
     format_check=R1_SEARCHER_FORMAT,
     documents=R1_SEARCHER_DOCUMENTS,
 )
-TAG_SETS: dict[str, TagSet] = {t.name: t for t in (SEARCH_R1, SSRL, R1_SEARCHER)}
+#: AutoRefine: Search-R1's tags plus a refine note after every information block.
+AUTOREFINE = replace(
+    SEARCH_R1, name="autorefine", refine=("<refine>", "</refine>"), format_check=AUTOREFINE_FORMAT
+)
+TAG_SETS: dict[str, TagSet] = {t.name: t for t in (SEARCH_R1, SSRL, R1_SEARCHER, AUTOREFINE)}
 
 
 def get_tag_set(spec: str | dict | TagSet, base: str | TagSet | None = None) -> TagSet:

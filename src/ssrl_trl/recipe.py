@@ -160,7 +160,7 @@ class RewardSpec(_Section):
 
 
 class Recipe(_Section):
-    method: Literal["ssrl", "search_r1", "r1_searcher"]
+    method: Literal["ssrl", "search_r1", "r1_searcher", "autorefine"]
     model: ModelSpec
     data: DataSpec
     environment: EnvironmentSpec

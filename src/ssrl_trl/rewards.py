@@ -21,7 +21,7 @@ the data, not model behaviour, so they raise with the column name.
 | Search-R1   | ``SearchR1FormatReward``  | 1 / 0.8 / 0.2 / 0.1 / 0 by (correct, format ok, parsable)      |
 | R1-Searcher | ``R1SearcherStage1Reward``| 0.5·[searched] + 0.5·[format] + answer_weight·F1               |
 | R1-Searcher | ``R1SearcherStage2Reward``| F1 if format ok else −2                                        |
-| any         | ``FormatReward``, ``TagPresenceReward``, ``SearchCountReward``, ``LengthGuardReward`` | shaping |
+| any         | ``FormatReward``, ``TagPresenceReward``, ``SearchCountReward``, ``RetrievalHitReward``, ``LengthGuardReward`` | shaping |
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ from typing import Any
 
 from .formats import r1_searcher_format_valid, search_r1_format_valid, ssrl_format_score
 from .protocol import R1_SEARCHER, SEARCH_R1, SSRL, TagSet, extract_answer, find_spans, get_tag_set
-from .scoring import em, f1
+from .scoring import cover_em, em, f1
 
 __all__ = [
     "FormatReward",
     "LengthGuardReward",
     "R1SearcherStage1Reward",
     "R1SearcherStage2Reward",
+    "RetrievalHitReward",
     "SSRLReward",
     "SearchCountReward",
     "SearchR1EMReward",
@@ -295,6 +296,29 @@ class SearchCountReward(_Reward):
             self.bonus if self.min_searches <= n <= self.max_searches else -self.penalty
             for n in self._num_searches(kwargs, texts)
         ]
+
+
+class RetrievalHitReward(_Reward):
+    """``bonus`` when a golden answer appears (cover-EM, normalised) in the text of an
+    information block of the completion, else 0: a dense signal for searching well that does not
+    depend on the answer. A query that copies a worked example instead of the question finds
+    nothing useful and earns nothing, so a small model cannot collapse onto it for the format
+    reward alone. For self-search it pays for self-written information that contains the answer."""
+
+    __name__ = "retrieval_hit"
+
+    def __init__(self, bonus: float = 0.2, **kw) -> None:
+        super().__init__(**kw)
+        self.bonus = bonus
+
+    def score(self, texts, kwargs):
+        golden = self._golden(kwargs, len(texts))
+        hits = [
+            any(cover_em(span.content(t), g) for span in find_spans(t, self.tags.information))
+            for t, g in zip(texts, golden, strict=True)
+        ]
+        self._log(kwargs, rate=[float(h) for h in hits])
+        return [self.bonus if h else 0.0 for h in hits]
 
 
 class LengthGuardReward(_Reward):

@@ -211,7 +211,7 @@ def _model(recipe: Recipe):
 
 def _add_callbacks(trainer, rollout, recipe: Recipe, heldout) -> None:
     """Rollout metrics first, then health and cost, then held-out, all before the reporters."""
-    from .callbacks import RolloutMetricsCallback
+    from .callbacks import RolloutMetricsCallback, TrainingProgressCallback
     from .health import build_health_callbacks
 
     # First in line, so reporters (wandb, tensorboard, the console) see the rollout metrics.
@@ -226,6 +226,9 @@ def _add_callbacks(trainer, rollout, recipe: Recipe, heldout) -> None:
         trainer.callback_handler.callbacks.insert(
             1, HeldOutCallback(heldout, trainer, recipe.evaluation.every_steps)
         )
+    # The step to schedule-driven parts (a simulated search engine's noise curriculum), before
+    # the reporters so their training_metrics reach them too.
+    trainer.callback_handler.callbacks.insert(1, TrainingProgressCallback(rollout))
 
 
 def _heldout(recipe: Recipe, trainer, rollout, items, parts: Assembly):

@@ -161,3 +161,6 @@ def _retrieval(options: RetrievalOptions, parts: EnvironmentParts) -> Environmen
 
 register_environment("self_search", SelfSearchOptions, _self_search)
 register_environment("retrieval", RetrievalOptions, _retrieval)
+
+# Kinds that live in their own module register themselves when it is imported.
+from . import parallel_retrieval  # noqa: E402, F401  (kind "parallel_retrieval")

@@ -289,3 +289,6 @@ register_retriever("dense", DenseOptions, _dense)
 register_retriever("http", HTTPOptions, _http)
 register_retriever("index", IndexOptions, _index)
 register_retriever("memory", MemoryOptions, lambda o: InMemoryRetriever(o.docs))
+
+# Kinds in their own modules register themselves on import (after the names above exist).
+from . import simulated as _simulated  # noqa: E402, F401  (the "simulated" kind: ZeroSearch)
