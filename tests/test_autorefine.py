@@ -261,6 +261,19 @@ def test_recipe_without_a_refine_pair_is_refused_before_loading(tmp_path, tiny_m
         load_recipe(path)
 
 
+def test_refine_reward_in_a_recipe_without_refine_tags_is_one_error_naming_the_reward(
+    tmp_path, tiny_model_dir, shared_data
+):
+    from ssrl_trl.recipe import RecipeError
+
+    path = write_tiny_recipe(tmp_path, tiny_model_dir, shared_data, method="search_r1")
+    data = yaml.safe_load(path.read_text())
+    data["rewards"] = [{"path": "rewards.autorefine.reward"}]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match=r"rewards\[0\] \(rewards.autorefine.reward\) cannot score tag set"):
+        load_recipe(path)
+
+
 # -- end to end: two GRPO steps and an evaluation, with a scripted policy -------------------------
 DOCS = ['"Rome"\nRome is the capital of Italy.', '"Paris"\nParis is the capital of France.']
 QUESTIONS = [("Italy", "Rome"), ("France", "Paris")]  # both in every step (2 prompts x 4 samples)

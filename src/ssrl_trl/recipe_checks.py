@@ -55,7 +55,12 @@ def build_rewards(recipe: Any, where: str = "recipe") -> tuple[list[Any], list[f
     for i, spec in enumerate(recipe.rewards):
         obj = _reward(spec, f"rewards[{i}] ({spec.path})", where)
         if callable(getattr(obj, "with_tags", None)) and "tags" not in (spec.kwargs or {}):
-            obj = obj.with_tags(tags)
+            try:
+                obj = obj.with_tags(tags)
+            except (ValueError, TypeError, KeyError) as exc:  # e.g. a refine reward, tags without refine
+                raise RecipeError(
+                    f"{where}: rewards[{i}] ({spec.path}) cannot score tag set {tags.name!r}: {exc}"
+                ) from None
         if not callable(obj):
             raise RecipeError(
                 f"{where}: rewards[{i}] ({spec.path}) is not callable (got {type(obj).__name__})"
