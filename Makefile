@@ -81,7 +81,7 @@ $(SMOLLM2)/config.json: | $(STAMP)
 ## models: convert the shipped SmolLM2 GGUF to $(SMOLLM2)
 models: $(SMOLLM2)/config.json
 
-## train-ssrl: SSRL self-search on the embedded default (CPU, ~10 min)
+## train-ssrl: SSRL self-search on the embedded default (CPU, ~25 min with held-out before/after)
 train-ssrl: $(STAMP) $(SMOLLM2)/config.json
 	$(PY) -m ssrl_trl.train --config recipes/cpu/ssrl_smollm2.yaml $(TRAIN_ARGS)
 

@@ -31,11 +31,11 @@ from pydantic import Field, model_validator
 
 from ..parallel_queries import fair_shares, join_queries, split_queries
 from ..protocol import SEARCH_R1, Action, TagSet, parse_action
-from ..retrieval.base import Doc, Retriever, RetrieverError
+from ..retrieval.base import Doc, Retriever
 from ..retrieval.factory import RetrieverSpec
 from .base import Observation
 from .registry import EnvironmentOptions, EnvironmentParts, register_environment
-from .retrieval import RetrievalEnv, RetrieverUnavailable
+from .retrieval import RetrievalEnv
 
 __all__ = ["ParallelRetrievalEnv", "ParallelRetrievalOptions", "ParallelSearchAction"]
 
@@ -105,22 +105,9 @@ class ParallelRetrievalEnv(RetrievalEnv):
         all actions; the error message instead when the retriever fails (counted, as in
         :class:`RetrievalEnv`, and fatal after ``max_consecutive_failures`` in a row)."""
         unique = list(dict.fromkeys(q for queries in per_action for q in queries))
-        try:
-            results = self.retriever.search(unique, self.topk)
-            if len(results) != len(unique):
-                raise RetrieverError(
-                    f"retriever returned {len(results)} result lists for {len(unique)} queries"
-                )
-        except self.retriever_exceptions as exc:
-            self.consecutive_failures += 1
-            logger.warning("retrieval failed (%d in a row): %s", self.consecutive_failures, exc)
-            if self.consecutive_failures >= self.max_consecutive_failures:
-                raise RetrieverUnavailable(
-                    f"the retriever failed {self.consecutive_failures} times in a row (last error: {exc}); "
-                    "is the retrieval server up? Stopping rather than training on error messages."
-                ) from exc
-            return str(exc)
-        self.consecutive_failures = 0
+        results = self._search(unique)
+        if isinstance(results, str):
+            return results
         by_query = {q: list(docs)[: self.topk] for q, docs in zip(unique, results, strict=True)}
         return [[by_query[q] for q in queries] for queries in per_action]
 

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from ..protocol import SEARCH_R1, Action, TagSet
-from ..retrieval.base import Retriever, RetrieverError
+from ..retrieval.base import Doc, Retriever, RetrieverError
 from .base import Environment, Observation, encode_observation
 
 __all__ = ["RetrievalEnv", "RetrieverUnavailable"]
@@ -73,7 +73,10 @@ class RetrievalEnv(Environment):
                 replies[i] = self._correction(action, budgets[i])
         return replies
 
-    def _documents(self, queries: list[str], budgets: list[int]) -> list[Observation | None]:
+    def _search(self, queries: list[str]) -> list[list[Doc]] | str:
+        """The retriever's result list per query, or the error message when it fails: a failure
+        is counted and becomes a masked message, fatal after ``max_consecutive_failures`` in a row
+        (training on error messages teaches nothing)."""
         try:
             results = self.retriever.search(queries, self.topk)
             if len(results) != len(queries):
@@ -88,8 +91,14 @@ class RetrievalEnv(Environment):
                     f"the retriever failed {self.consecutive_failures} times in a row (last error: {exc}); "
                     "is the retrieval server up? Stopping rather than training on error messages."
                 ) from exc
-            return [self._error(str(exc), b) for b in budgets]
+            return str(exc)
         self.consecutive_failures = 0
+        return [list(docs) for docs in results]
+
+    def _documents(self, queries: list[str], budgets: list[int]) -> list[Observation | None]:
+        results = self._search(queries)
+        if isinstance(results, str):
+            return [self._error(results, b) for b in budgets]
         prefix, suffix = self.tags.observation_wrap()
         out: list[Observation | None] = []
         for docs, budget in zip(results, budgets, strict=True):
