@@ -57,6 +57,11 @@ def retrieval_run(tmp_path_factory):
         # The recipe's reachable-question files are made by `make train-search-r1`; read the kit directly.
         "--set", "data.train=[{path: ../shared/data/qa/hotpotqa_hipporag_train100.jsonl, name: hotpot100}]",
         "--set", "data.eval=[]",
+        # The prompt and rewards these thresholds were measured with (the recipe's own changed
+        # later; weight sync does not depend on them, but the probe's tokens do).
+        "--set", "data.prompt_template=recipes/cpu/prompts/search_r1_short.txt",
+        "--set", "rewards=[{path: rewards.search_r1.format_aware}, {path: rewards.shaping.make_search_count,"
+        " kwargs: {min_searches: 1, max_searches: 2}}]",
         "--set", f"grpo.output_dir={out.parent}",
     )  # fmt: skip
     return json.loads(out.read_text())
