@@ -114,7 +114,6 @@ def search_r1_format_valid(text: str, tags: TagSet | None = None) -> bool:
     if not isinstance(text, str):
         return False
     tags = _tags(tags, "search_r1")
-    blocks = tags.pairs()
     allowed_after = {
         "start": {"think"} if tags.think else {"search", "answer"},
         "think": {"search", "answer"},
@@ -122,6 +121,17 @@ def search_r1_format_valid(text: str, tags: TagSet | None = None) -> bool:
         "information": {"think", "search", "answer"},
         "answer": set(),
     }
+    return follows_grammar(text, tags, allowed_after)
+
+
+def follows_grammar(
+    text: str, tags: TagSet, allowed_after: dict[str, set[str]], non_empty: frozenset[str] = frozenset()
+) -> bool:
+    """Whether ``text`` is a sequence of the tag set's blocks, each kind followed only by a kind
+    ``allowed_after`` it allows (from ``"start"``), ending with the answer. Only whitespace may
+    stand between blocks; a block the model writes (all but information) may not contain another
+    block's opening tag; kinds in ``non_empty`` must have content."""
+    blocks = tags.pairs()
     state, pos = "start", 0
     while True:
         rest = text[pos:]
@@ -138,6 +148,8 @@ def search_r1_format_valid(text: str, tags: TagSet | None = None) -> bool:
             return False
         inner = text[pos + len(opening) : close_at]
         if kind != "information" and any(pair[0] in inner for pair in blocks.values()):
+            return False
+        if kind in non_empty and not inner.strip():
             return False
         state, pos = kind, close_at + len(closing)
 

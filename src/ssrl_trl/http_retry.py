@@ -17,7 +17,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TRANSIENT_STATUS", "RetriesExhausted", "RetryPolicy", "asend", "response_detail", "send"]
+__all__ = [
+    "TRANSIENT_STATUS",
+    "PicklableHTTPClient",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "asend",
+    "response_detail",
+    "send",
+]
 
 #: Statuses worth another attempt: request timeout, rate limit, server errors and gateways.
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -112,3 +120,23 @@ async def asend(policy: RetryPolicy, attempt: Callable[[], Awaitable[Any]]) -> A
         if problem is None:
             return response
     raise RetriesExhausted(policy.retries + 1, problem, response)
+
+
+class PicklableHTTPClient:
+    """Owns an ``httpx.Client`` (``self._client``, made by ``_make_client``) and survives
+    pickling: a client cannot be pickled, so a copy (e.g. in a worker process) opens its own."""
+
+    _client: Any
+
+    def _make_client(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._client = self._make_client()

@@ -58,28 +58,9 @@ def autorefine_format_valid(text: str, tags: TagSet) -> bool:
     """
     if not isinstance(text, str) or tags.refine is None:
         return False
-    blocks = tags.pairs()
-    allowed_after = _allowed_after(tags)
-    state, pos = "start", 0
-    while True:
-        rest = text[pos:]
-        stripped = rest.lstrip()
-        if not stripped:
-            return state == "answer"
-        pos += len(rest) - len(stripped)
-        kind = next((k for k, pair in blocks.items() if stripped.startswith(pair[0])), None)
-        if kind is None or kind not in allowed_after[state]:
-            return False
-        opening, closing = blocks[kind]
-        close_at = text.find(closing, pos + len(opening))
-        if close_at < 0:
-            return False
-        inner = text[pos + len(opening) : close_at]
-        if kind != "information" and any(pair[0] in inner for pair in blocks.values()):
-            return False
-        if kind == "refine" and not inner.strip():
-            return False
-        state, pos = kind, close_at + len(closing)
+    from .formats import follows_grammar  # formats imports this module for its FORMAT_CHECKS entry
+
+    return follows_grammar(text, tags, _allowed_after(tags), non_empty=frozenset({"refine"}))
 
 
 def autorefine_format_score(text: str, tags: TagSet) -> float:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ..http_retry import RetriesExhausted, RetryPolicy, response_detail, send
+from ..http_retry import PicklableHTTPClient, RetriesExhausted, RetryPolicy, response_detail, send
 from .base import Doc, RetrieverError, check_k
 
 __all__ = ["HTTPRetriever"]
@@ -26,7 +26,7 @@ __all__ = ["HTTPRetriever"]
 _ENDPOINTS = {"search_r1": "/retrieve", "r1_searcher": "/queries"}
 
 
-class HTTPRetriever:
+class HTTPRetriever(PicklableHTTPClient):
     """Batched ``search`` over HTTP with timeouts, bounded retries and connection reuse.
 
     Args:
@@ -123,22 +123,11 @@ class HTTPRetriever:
                 f"retrieval server {self.endpoint} answered non-JSON: {resp.text[:200]!r}"
             ) from e
 
-    def close(self) -> None:
-        self._client.close()
-
     def __enter__(self) -> HTTPRetriever:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # an httpx.Client cannot be pickled; a copy (e.g. in a worker process) opens its own
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._client = self._make_client()
 
     def __repr__(self) -> str:
         return f"HTTPRetriever({self.endpoint!r}, api={self.api!r})"

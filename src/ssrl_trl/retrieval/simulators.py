@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..http_retry import RetriesExhausted, RetryPolicy, response_detail, send
+from ..http_retry import PicklableHTTPClient, RetriesExhausted, RetryPolicy, response_detail, send
 
 __all__ = ["Generation", "OpenAISimulator", "Simulator", "TransformersSimulator", "openai_endpoint"]
 
@@ -154,7 +154,7 @@ def openai_endpoint(url: str, api: Literal["chat", "completions"]) -> str:
     return base + _PATHS[api]
 
 
-class OpenAISimulator:
+class OpenAISimulator(PicklableHTTPClient):
     """Documents from an OpenAI-compatible server, one request per document, ``concurrency`` in
     flight. Transient failures (connection errors, timeouts, 408/429/5xx) are retried with
     backoff (:mod:`ssrl_trl.http_retry`, the policy of the retrieval client); whatever still fails
@@ -233,16 +233,6 @@ class OpenAISimulator:
             return Generation(
                 error=f"{self.endpoint}: malformed response ({type(exc).__name__}: {exc})"[:300]
             )
-
-    def close(self) -> None:
-        self._client.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._client = self._make_client()
 
     def __repr__(self) -> str:
         return f"OpenAISimulator({self.endpoint!r}, model={self.model!r})"
