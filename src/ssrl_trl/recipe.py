@@ -370,6 +370,14 @@ def _check_files(recipe: Recipe, where: str) -> None:
                 f"{where}: {retriever.kind} index {retriever.index!r} not found; build it with "
                 f"`ssrl-trl index --kind {retriever.kind}` (only BM25 is built from the corpus)"
             )
+    cache = getattr(retriever, "cache", None)
+    if cache is not None and cache.path is not None and Path(recipe.path(cache.path)).exists():
+        from .retrieval.cache import CacheError, check_cache_file
+
+        try:  # an existing file must be a cache this version reads; a missing one is created later
+            check_cache_file(recipe.path(cache.path), cache.timeout)
+        except CacheError as exc:
+            raise RecipeError(f"{where}: environment.retriever.cache: {exc}") from None
 
 
 def resolve_dotted(dotted: str) -> Any:

@@ -25,8 +25,8 @@ __all__ = ["build_arms", "parse_retriever", "retriever_section"]
 
 
 def retriever_section(spec: str, corpus: str | None = None) -> dict[str, Any]:
-    """``bm25:INDEX`` / ``dense:INDEX`` / ``index:INDEX`` / ``http:URL`` (or a bare http(s) URL)
-    as a recipe's ``environment.retriever`` mapping."""
+    """``bm25:INDEX`` / ``dense:INDEX`` / ``index:INDEX`` / ``http:URL`` (or a bare http(s) URL) /
+    ``web:PROVIDER[?option=value&...]`` as a recipe's ``environment.retriever`` mapping."""
     kind, sep, rest = spec.partition(":")
     if kind in ("http", "https") and rest.startswith("//"):
         return {"kind": "http", "url": spec}
@@ -34,6 +34,10 @@ def retriever_section(spec: str, corpus: str | None = None) -> dict[str, Any]:
         raise ValueError("expected KIND:TARGET, e.g. bm25:indexes/mini_wiki_bm25 or http://127.0.0.1:8000")
     if kind == "http":
         return {"kind": "http", "url": rest}
+    if kind == "web":  # web:PROVIDER[?option=value&...], e.g. web:serpapi?cache=runs/eval/web.sqlite
+        from ..retrieval.web import web_section
+
+        return web_section(rest)
     return {"kind": kind, "index": rest, "corpus": corpus}
 
 

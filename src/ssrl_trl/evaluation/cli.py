@@ -233,6 +233,10 @@ def evaluate(a: argparse.Namespace, argv: list[str], parts: Any = None) -> dict[
         "backend": type(backend).__name__,
         "timings": timings,
     }
+    stats = getattr(retriever, "stats", None)
+    if callable(stats):  # a cached or web retriever: hits, requests and cost of this evaluation
+        meta["retriever_stats"] = stats()
+        print(f"[eval] retriever: {meta['retriever_stats']}", file=sys.stderr)
     summaries = {name: summarize(recs) for name, recs in records.items() if name != "self_samples"}
     print(write_summary(a.out, summaries, meta))
     extra = {}

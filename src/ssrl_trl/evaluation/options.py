@@ -85,7 +85,11 @@ def _data_flags(g: Any) -> None:
 
 def _method_flags(g: Any) -> None:
     g.add_argument("--mode", choices=MODES, default="self")
-    g.add_argument("--retriever", default=None, help="bm25:INDEX, dense:INDEX, index:INDEX or http:URL")
+    g.add_argument(
+        "--retriever",
+        default=None,
+        help="bm25:INDEX, dense:INDEX, index:INDEX, http:URL or web:PROVIDER[?option=value&...]",
+    )
     g.add_argument("--corpus", default=None, help="build a missing bm25:INDEX from this corpus jsonl")
     g.add_argument("--topk", type=int, default=3, help="documents per search")
     g.add_argument("--prompt-template", default=None, help="built-in name or file (default: by mode)")

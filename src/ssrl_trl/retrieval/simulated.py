@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from ..api_keys import check_env_var_name
 from .base import Doc, RetrieverError, check_k
 from .factory import RetrieverOptions, register_retriever
 from .simulators import Generation, OpenAISimulator, Simulator, TransformersSimulator
@@ -257,10 +258,7 @@ class SimulatedOptions(RetrieverOptions):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, name: str | None) -> str | None:
-        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            # the value is not echoed: it may be the key itself, pasted by mistake
-            raise ValueError("must be the name of an environment variable (letters, digits, _), not a key")
-        return name
+        return check_env_var_name(name)
 
     @field_validator("useful_prompt", "noisy_prompt")
     @classmethod
