@@ -313,3 +313,42 @@ def test_a_client_gone_mid_upload_is_one_log_line_not_a_traceback(caplog: pytest
     gone = [r for r in caplog.records if "disconnected" in r.getMessage()]
     assert len(gone) == 3 and all("while sending its request" in r.getMessage() for r in gone)
     assert not [r for r in errors + caplog.records if r.exc_info], [r.getMessage() for r in errors]
+
+
+def test_search_routes_skip_fastapi_layers_but_fail_like_it(caplog: pytest.LogCaptureFixture) -> None:
+    """POST /retrieve and /queries bypass FastAPI's middleware (their CPU cost per request was about
+    a BM25 search's); every other path still goes through it, and an unexpected error in a search
+    route is still a logged 500, not a dropped connection."""
+    import logging
+
+    class Broken(InMemoryRetriever):
+        def search(self, queries: list[str], k: int) -> list[list[Doc]]:
+            return [[object()] for _ in queries]  # type: ignore[list-item]  # not a Doc: fails encoding
+
+    seen: list[str] = []
+    app = create_app(InMemoryRetriever(['"A"\nalpha beta']))
+
+    @app.middleware("http")
+    async def count(request, call_next):  # type: ignore[no-untyped-def]
+        seen.append(f"{request.method} {request.url.path}")
+        return await call_next(request)
+
+    with running_server(app) as base, httpx.Client(base_url=base) as http:
+        hit = http.post("/retrieve", json={"queries": ["alpha"], "topk": 1, "return_scores": True})
+        assert (
+            hit.status_code == 200 and hit.json()["result"][0][0]["document"]["contents"] == '"A"\nalpha beta'
+        )
+        assert http.post("/queries", json={"queries": ["alpha"], "k": 1}).json()["answers"] == [
+            ['"A"\nalpha beta']
+        ]
+        assert http.get("/health").status_code == 200
+        assert http.get("/retrieve").status_code == 405  # not a search: FastAPI answers
+    assert seen == ["GET /health", "GET /retrieve"]
+    caplog.set_level(logging.ERROR, logger="ssrl_trl.retrieval.server")
+    with running_server(create_app(Broken(['"A"\nalpha']))) as base:
+        resp = httpx.post(base + "/retrieve", json={"queries": ["alpha"], "topk": 1})
+        assert resp.status_code == 500 and resp.json() == {"detail": "Internal Server Error"}
+        assert httpx.get(base + "/health").status_code == 200  # the server stays up
+    assert any(
+        "unhandled error serving POST /retrieve" in r.getMessage() and r.exc_info for r in caplog.records
+    )

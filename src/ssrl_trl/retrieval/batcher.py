@@ -107,22 +107,39 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def search(self, queries: list[str], k: int) -> list[list[Doc]]:
-        """Results of ``queries`` in order. Cancelling the caller drops what is not searched yet."""
+    def submit(self, queries: list[str], k: int) -> asyncio.Future[list[list[Doc]]]:
+        """The results of ``queries`` as an awaitable; cancel it to drop what is not searched yet.
+
+        A request that fits in one chunk (nearly all of them) is queued right here and gets its
+        chunk's future back, with no task per request; a larger one gets a task running
+        :meth:`search`. Raises :class:`BatcherBusy` at once when the queue is full."""
+        if len(queries) > self.max_batch_queries:
+            return asyncio.ensure_future(self.search(queries, k))
+        item = self._enqueue(queries, k)
+        item.fut.add_done_callback(lambda fut: self._abandoned(fut, len(queries)))
+        return item.fut
+
+    def _abandoned(self, fut: asyncio.Future[Any], n: int) -> None:
+        if fut.cancelled():
+            self.abandoned_queries += n
+
+    def _enqueue(self, queries: list[str], k: int) -> _Item:
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
-        loop = asyncio.get_running_loop()
+        item = _Item(queries, k, asyncio.get_running_loop().create_future(), time.monotonic())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise BatcherBusy(
+                f"server busy: {self.max_pending} requests already queued; retry later"
+            ) from None
+        return item
+
+    async def search(self, queries: list[str], k: int) -> list[list[Doc]]:
+        """Results of ``queries`` in order. Cancelling the caller drops what is not searched yet."""
         results: list[list[Doc]] = []
         for start in range(0, len(queries), self.max_batch_queries):
-            item = _Item(
-                queries[start : start + self.max_batch_queries], k, loop.create_future(), time.monotonic()
-            )
-            try:
-                self._queue.put_nowait(item)
-            except asyncio.QueueFull:
-                raise BatcherBusy(
-                    f"server busy: {self.max_pending} requests already queued; retry later"
-                ) from None
+            item = self._enqueue(queries[start : start + self.max_batch_queries], k)
             try:
                 results.extend(await item.fut)
             except asyncio.CancelledError:
@@ -140,19 +157,17 @@ class MicroBatcher:
             batch, n = [first], len(first.queries)
             deadline = first.queued_at + self.max_wait_s
             while n < self.max_batch_queries:
-                if self._queue.empty():
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), timeout)
-                    except asyncio.TimeoutError:
-                        break
-                else:
+                # take what is queued; sleep out the window only while the batch has room (one
+                # timer per batch: a wait_for per request cost more than the search at load)
+                while n < self.max_batch_queries and not self._queue.empty():
                     item = self._queue.get_nowait()
-                if not item.fut.done():
-                    batch.append(item)
-                    n += len(item.queries)
+                    if not item.fut.done():
+                        batch.append(item)
+                        n += len(item.queries)
+                left = deadline - time.monotonic()
+                if n >= self.max_batch_queries or left <= 0:
+                    break
+                await asyncio.sleep(left)
             await self._execute(batch)
 
     async def _execute(self, batch: list[_Item]) -> None:

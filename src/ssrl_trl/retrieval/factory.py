@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .base import Retriever
+from .cache import CachedRetriever, CacheOptions, fingerprint
 from .memory import InMemoryRetriever
 
 __all__ = [
@@ -120,13 +121,16 @@ def load_retriever(index: str | Path, **options: Any) -> Retriever:
     """The in-process retriever for an index directory, by the kind saved in its metadata.
 
     ``options`` go to the loader: ``mmap`` for BM25; ``model``, ``device``, ``mmap``,
-    ``nprobe``, ``ef_search`` for dense.
+    ``nprobe``, ``ef_search`` for dense. A Lucene index built by ``ssrl-trl index --kind lucene``
+    loads with its own defaults (BM25 k1=0.9, b=0.4), ignoring these.
     """
     from .corpus import read_index_meta
 
     kind = read_index_meta(index).get("kind")
+    if kind == "lucene":  # none of the bm25/dense loader options apply (the server always sends mmap)
+        return build_retriever("lucene", index=index)
     if kind not in ("bm25", "dense"):
-        raise ValueError(f"{index}: unknown index kind {kind!r} in its metadata (expected 'bm25' or 'dense')")
+        raise ValueError(f"{index}: unknown index kind {kind!r} in its metadata (expected 'bm25', 'dense' or 'lucene')")
     return build_retriever(kind, index=index, **options)
 
 
@@ -165,7 +169,8 @@ def ensure_index(kind: str, index: str | Path, corpus: str | Path | None, *, qui
 class RetrieverSpec(BaseModel):
     """A recipe's ``environment.retriever`` section: a registered ``kind``, its ``index`` (built
     from ``corpus`` if missing, BM25) or ``url``, and the kind's other ``options`` — all checked
-    against the kind's options model when the recipe loads."""
+    against the kind's options model when the recipe loads — and an optional ``cache`` section
+    (:class:`~.cache.CacheOptions`) that puts any kind behind the result cache."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -174,6 +179,7 @@ class RetrieverSpec(BaseModel):
     corpus: str | None = Field(None, description="build the index from this corpus if it does not exist yet")
     url: str | None = None
     options: dict[str, Any] = {}
+    cache: CacheOptions | None = Field(None, description="result cache (memory LRU, optional SQLite file)")
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> RetrieverSpec:
@@ -215,7 +221,13 @@ class RetrieverSpec(BaseModel):
         """The retriever, building a missing BM25 index from the corpus first."""
         if self.index is not None:
             ensure_index(self.kind, resolve(self.index), resolve(self.corpus))
-        return build_retriever(self.kind, **self.option_values(resolve))
+        values = self.option_values(resolve)
+        retriever = build_retriever(self.kind, **values)
+        if self.cache is None:
+            return retriever
+        cache = self.cache.model_copy(update={"path": resolve(self.cache.path)})
+        identity = fingerprint(self.kind, retriever_options(self.kind, values).model_dump())
+        return CachedRetriever.from_options(retriever, cache, identity)
 
 
 # -- the built-in kinds ----------------------------------------------------------------------------
@@ -238,22 +250,45 @@ class IndexOptions(DenseOptions):
 
 
 class HTTPOptions(RetrieverOptions):
-    url: str
+    """``url`` (one server) or ``urls`` (replicas of one index: load spread, failover)."""
+
+    urls: list[str] | None = Field(None, min_length=1)
+    url: str | None = Field(None, validate_default=True)
     api: Literal["search_r1", "r1_searcher"] = "search_r1"
     timeout: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=0)
     backoff: float = Field(0.5, ge=0)
     max_backoff: float = Field(8.0, ge=0)
     max_batch: int = Field(512, ge=1)
+    cooloff: float = Field(2.0, gt=0)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str] | None) -> list[str] | None:
+        for url in urls or []:
+            _check_http_url(url)
+        if urls is not None and len(set(urls)) != len(urls):
+            raise ValueError(f"urls lists a replica twice: {urls}")
+        return urls
 
     @field_validator("url")
     @classmethod
-    def _url(cls, url: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ValueError(
-                f"retriever url must start with http:// or https:// and name a host, got {url!r}"
-            )
-        return url
+    def _url(cls, url: str | None, info: Any) -> str | None:
+        if url is None and info.data.get("urls") is None:
+            if "urls" in info.data:  # not given (a bad urls has its own error)
+                raise ValueError(
+                    "needs url (one server) or urls (replicas): needs option(s) ['url'] or ['urls']"
+                )
+            return None
+        if url is not None and info.data.get("urls") is not None:
+            raise ValueError("give url (one server) or urls (replicas), not both")
+        return url if url is None else _check_http_url(url)
+
+
+def _check_http_url(url: str) -> str:
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ValueError(f"retriever url must start with http:// or https:// and name a host, got {url!r}")
+    return url
 
 
 class MemoryOptions(RetrieverOptions):
@@ -277,7 +312,7 @@ def _dense(o: DenseOptions) -> Retriever:
 def _http(o: HTTPOptions) -> Retriever:
     from .client import HTTPRetriever
 
-    return HTTPRetriever(**o.model_dump())
+    return HTTPRetriever(**o.model_dump(exclude_none=True))
 
 
 def _index(o: IndexOptions) -> Retriever:
@@ -291,4 +326,6 @@ register_retriever("index", IndexOptions, _index)
 register_retriever("memory", MemoryOptions, lambda o: InMemoryRetriever(o.docs))
 
 # Kinds in their own modules register themselves on import (after the names above exist).
+from . import lucene as _lucene  # noqa: E402, F401  (the "lucene" kind: Pyserini/Anserini BM25)
 from . import simulated as _simulated  # noqa: E402, F401  (the "simulated" kind: ZeroSearch)
+from . import web as _web  # noqa: E402, F401  (the "web" kind: web-search APIs, cached)

@@ -1,6 +1,7 @@
 """A retrieval server speaking the Search-R1 and R1-Searcher HTTP APIs, for any :class:`Retriever`.
 
     ssrl-trl serve-retriever --index indexes/mini_wiki_bm25            # http://127.0.0.1:8000
+    ssrl-trl serve-retriever --index indexes/mini_wiki_bm25 --workers 2  # two processes, one port
 
 Endpoints (schemas exactly as the public Search-R1 / R1-Searcher servers answer them):
 
@@ -9,7 +10,7 @@ Endpoints (schemas exactly as the public Search-R1 / R1-Searcher servers answer 
   ``return_scores`` false (the Search-R1 default) each hit is just ``{"id", "contents"}``.
 - ``POST /queries`` ``{"queries": [...], "k": 3}`` -> ``{"queries": [...], "answers": [[contents, ...]]}``
   (R1-Searcher's server returns the raw passage strings; there are no ids or scores).
-- ``GET /health`` -> ``{"status": "ok" | "degraded" | "down", "retriever": {...}, "batcher": {...}}``:
+- ``GET /health`` -> ``{"status": "ok" | "degraded" | "down", "retriever": {...}, "batcher": {...}, "pid"}``:
   ``degraded`` (HTTP 503) while the last batched search failed, with the error; ``down`` when the
   batching loop died. ``?probe=true`` runs a one-query search first, so an idle server whose index
   broke under it says so too.
@@ -21,21 +22,30 @@ validated with strict pydantic models plus explicit limits, so a rollout that wr
 "query" gets a clear 4xx instead of stalling the server; queries x topk and the size of an answer
 are capped too (413). A client that disconnects stops its work: its queued chunks are skipped,
 and the disconnect is one log line. It binds 127.0.0.1 unless told otherwise.
+
+``--workers N`` runs N processes on the one port (uvicorn's supervisor; the kernel spreads the
+connections): each maps the same index files, so the score matrix and passages sit once in the
+page cache whatever N is, and a worker that dies is restarted. For replicas on several machines,
+give the client a list of URLs (:class:`~.client.HTTPRetriever`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
@@ -56,7 +66,7 @@ from .limits import (
     read_body,
 )
 
-__all__ = ["MicroBatcher", "ServerLimits", "create_app", "main", "running_server"]
+__all__ = ["MicroBatcher", "ServerLimits", "app_from_env", "create_app", "main", "running_server"]
 
 #: Status for a request whose client left (nginx's convention); nobody receives it.
 CLIENT_GONE = 499
@@ -80,7 +90,7 @@ def create_app(retriever: Retriever, limits: ServerLimits | None = None) -> Fast
         yield
         await batcher.stop()
 
-    app = FastAPI(title="ssrl-trl retriever", lifespan=lifespan)
+    app = _RetrieverApp(title="ssrl-trl retriever", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.limits = limits
 
@@ -94,12 +104,39 @@ def create_app(retriever: Retriever, limits: ServerLimits | None = None) -> Fast
         """R1-Searcher API."""
         return await _handle(request, R1SearcherRequest, _r1_searcher_body, batcher, limits)
 
+    app.search_routes = {"/retrieve": retrieve, "/queries": queries}
+
     @app.get("/health")
     async def health(probe: bool = False) -> JSONResponse:
         """``ok``, ``degraded`` (the last search failed) or ``down`` (no batching loop); 503 unless ok."""
         return await _health(retriever, batcher, probe)
 
     return app
+
+
+class _RetrieverApp(FastAPI):
+    """FastAPI, except that ``POST /retrieve`` and ``POST /queries`` go straight to their handler.
+
+    Why: under many single-query clients FastAPI's per-request layers (five middlewares, routing,
+    dependency solving) cost about as much CPU as the BM25 search of the query itself. The search
+    handlers take the bare request and do their own reading, validation, limits and error answers,
+    so they need none of it; everything else (``/health``, ``/docs``, 404s) goes through FastAPI,
+    and the two routes stay registered there for the OpenAPI schema."""
+
+    search_routes: dict[str, Any] = {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        handler = self.search_routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        try:
+            response = await handler(Request(scope, receive, send))
+        except Exception:  # what FastAPI's error middleware would do: log it, answer 500
+            log.exception("unhandled error serving %s %s", scope["method"], scope["path"])
+            response = JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        await response(scope, receive, send)
 
 
 async def _handle(
@@ -135,7 +172,8 @@ async def _handle(
         return JSONResponse({"detail": str(e)}, status_code=503)
     except SearchFailed as e:
         return JSONResponse({"detail": str(e)}, status_code=500)
-    return JSONResponse(respond(req, results))
+    # orjson: the answer is most of a request's encoding work, and it is ~5x faster than json
+    return Response(orjson.dumps(respond(req, results)), media_type="application/json")
 
 
 def _search_r1_body(req: Any, results: list[list[Doc]]) -> dict[str, Any]:
@@ -169,6 +207,7 @@ async def _health(retriever: Retriever, batcher: MicroBatcher, probe: bool) -> J
         },
         "pending": state["pending"],
         "search_calls": state["search_calls"],
+        "pid": os.getpid(),  # which --workers process answered
     }
     return JSONResponse(body, status_code=200 if state["status"] == "ok" else 503)
 
@@ -189,7 +228,7 @@ async def _search_unless_gone(
 ) -> list[list[Doc]] | None:
     """The search results, or ``None`` if the client disconnected first (the search is cancelled,
     so its chunks still queued are skipped and the rest never queued)."""
-    search = asyncio.ensure_future(batcher.search(queries, k))
+    search = batcher.submit(queries, k)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({search, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -284,6 +323,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="dense: encoder name/path overriding the saved one")
     p.add_argument("--device", default=None, help="dense: encoder device (cpu, cuda)")
     p.add_argument("--nprobe", type=int, default=32, help="dense IVF: lists visited per query")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on the one port, each mapping the index (the page cache is shared)",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--access-log", action="store_true", help="log every request (slow under load)")
     return p
@@ -293,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .corpus import read_index_meta
-    from .factory import load_retriever
 
     args = _parser().parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"serve-retriever: --workers must be >= 1, got {args.workers}")
     try:
         limits = ServerLimits(
             max_queries=args.max_queries,
@@ -309,34 +355,70 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         raise UserError(f"serve-retriever: {exc}") from None
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _log_setup(args.log_level)
     options: dict[str, Any] = {"mmap": not args.no_mmap}
     try:
         if read_index_meta(args.index).get("kind") == "dense":
             options.update(model=args.model, device=args.device, nprobe=args.nprobe)
-        retriever = load_retriever(args.index, **options)
     except (OSError, ValueError) as exc:  # a missing, partial or foreign index directory
         raise UserError(f"--index {args.index}: cannot load the index ({exc})") from None
+    retriever = _load(args.index, options)  # checked here, so a bad index is one clear error
     if args.host not in {"127.0.0.1", "localhost", "::1"}:
         log.warning(
             "binding %s: the retriever is reachable from other machines and has no authentication", args.host
         )
     log.info(
-        "serving %r on http://%s:%d (POST /retrieve, POST /queries, GET /health)",
+        "serving %r on http://%s:%d with %d worker process(es) (POST /retrieve, POST /queries, GET /health)",
         retriever,
         args.host,
         args.port,
+        args.workers,
     )
-    uvicorn.run(
-        create_app(retriever, limits),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
+    run: dict[str, Any] = dict(
+        host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log
     )
+    if args.workers == 1:
+        uvicorn.run(create_app(retriever, limits), **run)
+        return 0
+    # uvicorn binds the port here and spawns the workers; each builds its app with app_from_env
+    del retriever
+    config = {
+        "index": str(args.index),
+        "options": options,
+        "limits": asdict(limits),
+        "log_level": args.log_level,
+    }
+    os.environ[_CONFIG_ENV] = json.dumps(config)
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=args.workers, **run)
     return 0
+
+
+#: how ``main`` hands the index and limits to ``--workers`` processes (spawned, not forked)
+_CONFIG_ENV = "SSRL_TRL_SERVE_RETRIEVER_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one ``--workers`` process: it loads the index the parent named (memory-mapped
+    unless ``--no-mmap``, so N workers share one copy of the matrix and passages in the page
+    cache) with the parent's limits."""
+    config = json.loads(os.environ[_CONFIG_ENV])
+    _log_setup(config["log_level"])
+    retriever = _load(config["index"], config["options"])
+    log.info("worker %d serving %r", os.getpid(), retriever)
+    return create_app(retriever, ServerLimits(**config["limits"]))
+
+
+def _load(index: str, options: dict[str, Any]) -> Retriever:
+    from .factory import load_retriever
+
+    try:
+        return load_retriever(index, **options)
+    except (OSError, ValueError) as exc:  # a missing, partial or foreign index directory
+        raise UserError(f"--index {index}: cannot load the index ({exc})") from None
+
+
+def _log_setup(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":
