@@ -73,7 +73,7 @@ SMOLLM2 ?= models/smollm2-135m-instruct
 STEPS ?=
 TRAIN_ARGS ?= $(if $(STEPS),--set grpo.max_steps=$(STEPS))
 
-.PHONY: models train-ssrl train-search-r1 train-r1-searcher bench-engine
+.PHONY: models train-ssrl train-search-r1 train-r1-searcher bench-engine bench-hf-decoding
 
 $(SMOLLM2)/config.json: | $(STAMP)
 	$(PY) -m ssrl_trl.cli convert-gguf --out $(SMOLLM2)
@@ -128,6 +128,10 @@ learn-check: $(STAMP) $(SMOLLM2)/config.json
 ## bench-train: tokens sampled per minute of training, today's embedded default vs the previous one
 bench-train: $(STAMP) $(SMOLLM2)/config.json
 	$(PY) benchmarks/training_throughput.py
+
+## bench-hf-decoding: the HF backend's own decoding loop vs model.generate, multi-turn rollout tokens/s
+bench-hf-decoding: $(STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json
+	$(PY) benchmarks/hf_decoding.py --questions 4 --samples 4 --repeats 2
 
 # Evaluation of the embedded default on the mini eval set (CPU). Outputs go to the gitignored
 # runs/; docs/eval/ holds a copy of one such run. Set EVAL_MODEL to evaluate a checkpoint.
@@ -188,3 +192,61 @@ bench-rollout: $(VLLM_STAMP) $(SMOLLM2)/config.json
 train-search-r1-vllm: $(VLLM_STAMP) $(SMOLLM2)/config.json $(MINI_BM25)/ssrl_index.json $(REACHABLE)
 	$(VPY) -m ssrl_trl.train --config recipes/cpu/search_r1_smollm2.yaml --set grpo.use_vllm=true \
 		--set grpo.vllm_mode=colocate --set grpo.output_dir=runs/search_r1_cpu_vllm $(TRAIN_ARGS)
+
+# Lucene BM25 (retriever kind `lucene`, docs/retrieval_lucene.md): Pyserini 0.25.0, the last release
+# on Java 11+ (Debian 12 ships Java 17, not the 21 later releases need), installed without its
+# dependencies: the Lucene path uses only its Anserini jar and pyjnius (the extra `lucene`). Java
+# comes from Debian's openjdk-17 when none is on PATH; set JAVA_HOME to use another JDK.
+PYSERINI_SPEC ?= pyserini==0.25.0
+LUCENE_STAMP := $(VENV)/.ssrl-trl-lucene
+
+$(LUCENE_STAMP): $(STAMP)
+	@command -v java >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else echo "The lucene retriever needs Java 11+: sudo apt-get install openjdk-17-jre-headless"; exit 1; fi; }
+	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[lucene]"
+	$(PY) -m pip install -q --no-deps "$(PYSERINI_SPEC)"
+	$(PY) -c "from ssrl_trl.retrieval.lucene import check_lucene_runtime as c; print('lucene ready: Pyserini %s, Java %d' % c())"
+	touch $(LUCENE_STAMP)
+
+.PHONY: setup-lucene test-lucene
+
+## setup-lucene: Java (Debian's openjdk-17 if none) + Pyserini 0.25.0 for the `lucene` retriever (~180 MB)
+setup-lucene: $(LUCENE_STAMP)
+
+## test-lucene: the Lucene retriever's tests (a small index from the mini corpus)
+test-lucene: $(LUCENE_STAMP)
+	$(PY) -m pytest -q tests/test_lucene.py $(PYTEST_ARGS)
+
+.PHONY: bench-cache
+
+CACHE_ROLLOUTS ?= runs/learn_check/run/rollouts.jsonl
+
+## bench-cache: replay a run's logged queries through the result cache, hit rate per step (after make learn-check)
+bench-cache: $(STAMP)
+	$(PY) benchmarks/cache_hit_rate.py $(CACHE_ROLLOUTS) --index runs/learn_check/data/bm25 --k 2
+
+.PHONY: bench-retrieval-server
+
+BENCH_SERVER_ARGS ?=
+
+## bench-retrieval-server: server vs in-process BM25 under wrk (core-pinned), 1 vs 2 workers, a replica killed mid-run
+bench-retrieval-server: $(STAMP) $(MINI_BM25)/ssrl_index.json
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	else echo "The server benchmark needs wrk (a compiled HTTP load tool): sudo apt-get install wrk"; exit 1; fi; }
+	$(PY) benchmarks/retrieval_server.py --index $(MINI_BM25) --json runs/bench_retrieval_server.json $(BENCH_SERVER_ARGS)
+
+.PHONY: bench-recall-lucene
+
+## bench-recall-lucene: recall@5 on mini_eval, Lucene (Pyserini) beside bm25s (builds indexes/mini_wiki_lucene once)
+bench-recall-lucene: $(LUCENE_STAMP) $(MINI_BM25)/ssrl_index.json
+	$(PY) benchmarks/retrieval_recall.py --kinds bm25,lucene
+
+.PHONY: bench-retrieval-scale
+
+BENCH_SCALE_ARGS ?=
+
+## bench-retrieval-scale: BM25 + IVF-PQ at 1M and 4M synthetic passages, extrapolated to 21M; dense recall flat vs compressed (~45 min on 2 cores)
+bench-retrieval-scale: $(STAMP)
+	$(PY) benchmarks/retrieval_scale.py all $(BENCH_SCALE_ARGS)
