@@ -130,7 +130,9 @@ def load_retriever(index: str | Path, **options: Any) -> Retriever:
     if kind == "lucene":  # none of the bm25/dense loader options apply (the server always sends mmap)
         return build_retriever("lucene", index=index)
     if kind not in ("bm25", "dense"):
-        raise ValueError(f"{index}: unknown index kind {kind!r} in its metadata (expected 'bm25', 'dense' or 'lucene')")
+        raise ValueError(
+            f"{index}: unknown index kind {kind!r} in its metadata (expected 'bm25', 'dense' or 'lucene')"
+        )
     return build_retriever(kind, index=index, **options)
 
 
