@@ -5,15 +5,33 @@ A template is a plain ``str.format`` string with ``{question}`` and the tag name
 search; ``{refine_open}``/``{refine_close}``, empty for a tag set without a refine step).
 Users can replace it with a file named in the recipe; a template that does not mention
 ``{question}`` is rejected, since the model would never see the question.
+
+A template file may hold several variants (for instance the same instruction with different
+worked examples), separated by a line that is exactly ``VARIANT_SEPARATOR``. Each question then
+gets one variant, chosen by a stable hash of its text: the same question sees the same prompt in
+training and in evaluation, and no single worked example is a string the policy can copy for a
+safe format reward on every question (a 40-step Search-R1 run drifted onto copying its one
+example's query; docs/learning.md).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from .protocol import TagSet
 
-__all__ = ["TEMPLATES", "build_messages", "load_template", "render_prompt"]
+__all__ = [
+    "TEMPLATES",
+    "VARIANT_SEPARATOR",
+    "build_messages",
+    "load_template",
+    "render_prompt",
+    "template_variant",
+    "template_variants",
+]
+
+VARIANT_SEPARATOR = "%%% variant %%%"
 
 _SEARCH_R1 = """\
 Answer the question below. Think step by step inside {think_open} and {think_close} whenever you \
@@ -66,9 +84,32 @@ def load_template(spec: str) -> str:
             f"prompt template {spec!r} is neither a built-in ({sorted(TEMPLATES)}) nor a file"
         )
     text = path.read_text(encoding="utf-8")
-    if "{question}" not in text:
-        raise ValueError(f"prompt template {spec} does not contain {{question}}")
+    for number, variant in enumerate(template_variants(text), start=1):
+        if "{question}" not in variant:
+            where = f"variant {number} of " if VARIANT_SEPARATOR in text else ""
+            raise ValueError(f"prompt template {where}{spec} does not contain {{question}}")
     return text
+
+
+def template_variants(template: str) -> list[str]:
+    """The variants of a template: itself, or the parts between separator lines."""
+    if VARIANT_SEPARATOR not in template:
+        return [template]
+    parts = [part.strip("\n") for part in template.split(f"\n{VARIANT_SEPARATOR}\n")]
+    if any(VARIANT_SEPARATOR in part for part in parts) or not all(part.strip() for part in parts):
+        raise ValueError(
+            f"prompt template: {VARIANT_SEPARATOR!r} must stand on its own line between non-empty variants"
+        )
+    return parts
+
+
+def template_variant(template: str, question: str) -> str:
+    """The variant a question gets: a stable hash of its text (not Python's salted ``hash``)."""
+    variants = template_variants(template)
+    if len(variants) == 1:
+        return variants[0]
+    digest = hashlib.sha256(question.strip().encode("utf-8")).digest()
+    return variants[int.from_bytes(digest[:8], "big") % len(variants)]
 
 
 def render_prompt(template: str, question: str, tags: TagSet) -> str:
@@ -89,7 +130,7 @@ def render_prompt(template: str, question: str, tags: TagSet) -> str:
         "query_separator": tags.query_separator,
     }
     try:
-        return template.format(**fields)
+        return template_variant(template, question).format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
         raise ValueError(
             f"prompt template has an unknown or malformed field: {exc}; allowed: {sorted(fields)}"
