@@ -9,9 +9,9 @@ Users can replace it with a file named in the recipe; a template that does not m
 A template file may hold several variants (for instance the same instruction with different
 worked examples), separated by a line that is exactly ``VARIANT_SEPARATOR``. Each question then
 gets one variant, chosen by a stable hash of its text: the same question sees the same prompt in
-training and in evaluation, and no single worked example is a string the policy can copy for a
-safe format reward on every question (a 40-step Search-R1 run drifted onto copying its one
-example's query; docs/learning.md).
+training and in evaluation. Meant for few-shot pools, so that no single worked example is one
+string to copy; on the CPU Search-R1 recipe an 8-example pool did not stop the copying and did
+worse than one example (docs/learning.md, "A pool of worked examples"), so that recipe keeps one.
 """
 
 from __future__ import annotations
