@@ -90,7 +90,8 @@ train-ssrl: $(STAMP) $(SMOLLM2)/config.json
 QA := ../shared/data/qa
 REACHABLE := runs/data/search_r1_train.jsonl runs/data/search_r1_heldout.jsonl
 
-$(REACHABLE) &: $(MINI_BM25)/ssrl_index.json | $(STAMP)
+# Rebuilt when the selection rule changes (src/ssrl_trl/reachable.py).
+$(REACHABLE) &: $(MINI_BM25)/ssrl_index.json src/ssrl_trl/reachable.py | $(STAMP)
 	$(PY) -m ssrl_trl.cli select-reachable --index $(MINI_BM25) --k 3 --out runs/data/search_r1_train.jsonl \
 		$(QA)/r1searcher_stage_2_train.jsonl $(QA)/train_mix.jsonl
 	$(PY) -m ssrl_trl.cli select-reachable --index $(MINI_BM25) --k 3 --out runs/data/search_r1_heldout.jsonl \

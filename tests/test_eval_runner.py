@@ -316,6 +316,7 @@ def test_cli_compares_a_model_with_its_baseline(
     result = json.loads((out / "before_after.json").read_text())
     assert result["n"] == 9 and result["arm"] == "self"  # 2 per dataset; bamboogle has 1 here
     assert result["before_model"] == str(tiny_model_dir) and result["after_model"] == str(other)
+    assert result["machine"]["logical_cpus"] >= 1  # the host is recorded with the figures
     for name in ("baseline", "model"):
         assert len((out / name / "predictions_self.jsonl").read_text().splitlines()) == 9
     settings = [json.loads((out / n / "self.settings.json").read_text()) for n in ("baseline", "model")]

@@ -85,3 +85,21 @@ def test_reachable_means_a_gold_answer_in_the_top_k():
     }
     assert select_reachable(rows, _Fixed(docs), k=2) == rows
     assert select_reachable(rows, _Fixed(docs), k=1) == [rows[1]]
+
+
+@pytest.mark.parametrize(
+    ("passage", "golden", "reachable"),
+    [
+        ("It is not known where he was born.", ["no"], False),  # "no" inside "not"/"known"
+        ("No, the two films were made in France.", ["no"], False),  # yes/no is inferred, never copied
+        ("Yes", ["yes", "Paris"], False),
+        ("The film was released in 1924.", ["1"], False),  # "1" inside "1924"
+        ("The film was released in 1924.", ["1924"], True),
+        ("He lived in New York City.", ["new york"], True),  # whole words, not the whole passage
+        ("He lived in Newark.", ["New"], False),
+        ("Born in São Paulo, Brazil.", ["sao paulo", "São Paulo"], True),  # any gold answer
+    ],
+    ids=["no-in-not", "yes-no-answer", "yes-answer", "digit-in-year", "year", "phrase", "prefix", "accent"],
+)
+def test_reachable_needs_the_answer_as_whole_words_and_never_a_yes_no(passage, golden, reachable):
+    assert is_reachable([passage], golden) is reachable

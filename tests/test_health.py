@@ -241,6 +241,7 @@ def test_cost_callback_splits_step_time_and_writes_cost_json(tmp_path, capsys):
     assert cost["steps"] == 3 and cost["tokens_generated"] == 900 and cost["searches"] == 36
     assert cost["tokens_trained"] == 3000 and cost["retriever_errors"] == 3 and cost["trajectories"] == 24
     assert cost["rollout_seconds"] == 18.0 and cost["optimisation_seconds"] == 12.0
+    assert cost["machine"]["torch_threads"] >= 1 and "isa_flags" in cost["machine"]
     assert "=== ssrl-trl cost ===" in capsys.readouterr().out
 
 

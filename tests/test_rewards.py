@@ -16,6 +16,7 @@ import rewards.ssrl
 
 from ssrl_trl.protocol import R1_SEARCHER
 from ssrl_trl.rewards import (
+    AnswerF1Reward,
     FormatReward,
     LengthGuardReward,
     R1SearcherStage1Reward,
@@ -456,6 +457,37 @@ def test_retrieval_hit_reward_reads_its_tag_set_and_logs_the_rate():
     assert scores == [0.5, 0.0] and logged == {"retrieval_hit/rate": 0.5}
 
 
+@pytest.mark.parametrize(
+    ("completion", "golden", "expected"),
+    [
+        (GOOD_PARIS, ["Paris"], 0.5),  # exact: full F1 times the weight
+        ("<answer>Paris, France</answer>", ["Paris"], 0.5 * 2 / 3),  # overlaps: partial credit
+        ("<answer>the city of Paris</answer>", ["Lyon", "paris"], 0.5 * 0.5),  # best golden; "the" dropped
+        (GOOD_ROME, ["Paris"], 0.0),  # no overlap
+        (NO_ANSWER, ["Paris"], 0.0),  # no answer
+    ],
+    ids=["exact", "overlap", "best-golden", "wrong", "no-answer"],
+)
+def test_answer_f1_reward_gives_partial_credit(completion, golden, expected):
+    reward = AnswerF1Reward()
+    assert reward(prompts=["q"], completions=[completion], golden_answers=[golden]) == [
+        pytest.approx(expected)
+    ]
+
+
+def test_answer_f1_reward_scores_the_rollouts_final_answer_and_logs_f1():
+    logged: dict[str, float] = {}
+    reward = AnswerF1Reward(weight=1.0)
+    texts = ["<answer>Rome</answer>", "<answer>Rome</answer>"]
+    scores = reward(
+        completions=texts,
+        golden_answers=[["Paris"]] * 2,
+        final_answer=["Paris", None],
+        log_metric=logged.__setitem__,
+    )
+    assert scores == [1.0, 0.0] and logged == {"answer_f1/f1": 0.5}
+
+
 def test_search_count_reward_rejects_min_above_max():
     with pytest.raises(ValueError, match="min_searches \\(3\\) > max_searches \\(2\\)"):
         SearchCountReward(min_searches=3, max_searches=2)
@@ -499,6 +531,7 @@ def test_length_guard_reward(kwargs, completion, extra, expected):
         (FormatReward(), "format"),
         (SearchCountReward(), "search_count"),
         (LengthGuardReward(), "length_guard"),
+        (AnswerF1Reward(), "answer_f1"),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )
@@ -524,6 +557,7 @@ def test_rewards_have_a_metric_name_and_pickle(reward, name):
         (rewards.r1_searcher.format, FormatReward, "r1_searcher"),
         (rewards.shaping.search_count, SearchCountReward, "search_r1"),
         (rewards.shaping.length_guard, LengthGuardReward, "search_r1"),
+        (rewards.shaping.answer_f1, AnswerF1Reward, "search_r1"),
     ],
     ids=[
         "ssrl.reward",
@@ -536,6 +570,7 @@ def test_rewards_have_a_metric_name_and_pickle(reward, name):
         "r1_searcher.format",
         "shaping.search_count",
         "shaping.length_guard",
+        "shaping.answer_f1",
     ],
 )
 def test_recipe_entry_points(entry, cls, tag_set):

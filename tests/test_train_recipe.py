@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -78,5 +79,7 @@ def test_a_run_evaluates_its_held_out_set_before_and_after(tmp_path, tiny_model_
     assert any("heldout/em" in h for h in history)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["heldout"]["n"] == 4
+    # the host is recorded with the figures: a seed fixes a CPU run only on one kind of CPU
+    assert summary["machine"]["logical_cpus"] == os.cpu_count() and result["machine"] == summary["machine"]
     printed = capsys.readouterr().out
     assert printed.index("held-out EM") < printed.index("steps:")  # the held-out line comes first

@@ -25,6 +25,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .callbacks import log_number, record_log
+from .machine import describe_machine
 
 __all__ = ["COST_OPTIONS", "CostCallback"]
 
@@ -135,6 +136,8 @@ class CostCallback(TrainerCallback):
             "searches": int(round(t.get("searches", 0.0))),
             "retriever_errors": int(round(t.get("retriever_errors", 0.0))),
             "world_size": getattr(args, "world_size", 1) or 1,
+            # rank 0's host: timings (and, on CPU, sampled rollouts) depend on it
+            "machine": describe_machine(),
         }
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -21,7 +21,7 @@ the data, not model behaviour, so they raise with the column name.
 | Search-R1   | ``SearchR1FormatReward``  | 1 / 0.8 / 0.2 / 0.1 / 0 by (correct, format ok, parsable)      |
 | R1-Searcher | ``R1SearcherStage1Reward``| 0.5·[searched] + 0.5·[format] + answer_weight·F1               |
 | R1-Searcher | ``R1SearcherStage2Reward``| F1 if format ok else −2                                        |
-| any         | ``FormatReward``, ``TagPresenceReward``, ``SearchCountReward``, ``RetrievalHitReward``, ``LengthGuardReward`` | shaping |
+| any         | ``FormatReward``, ``TagPresenceReward``, ``SearchCountReward``, ``RetrievalHitReward``, ``AnswerF1Reward``, ``LengthGuardReward`` | shaping |
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .protocol import R1_SEARCHER, SEARCH_R1, SSRL, TagSet, extract_answer, find
 from .scoring import cover_em, em, f1
 
 __all__ = [
+    "AnswerF1Reward",
     "FormatReward",
     "LengthGuardReward",
     "R1SearcherStage1Reward",
@@ -319,6 +320,27 @@ class RetrievalHitReward(_Reward):
         ]
         self._log(kwargs, rate=[float(h) for h in hits])
         return [self.bonus if h else 0.0 for h in hits]
+
+
+class AnswerF1Reward(_Reward):
+    """``weight * F1`` of the final answer against the golden answers (token overlap, normalised
+    as in scoring; 0 without an answer): partial credit for an answer that overlaps the gold span
+    without matching it ("Paris, France" for "Paris"). Exact match pays nothing until the span is
+    exact, so a small model that has found the document but writes a longer or shorter answer gets
+    no signal from EM alone; this gives it a gradient toward the span. Shaping: log it separately
+    and keep the method's outcome reward."""
+
+    __name__ = "answer_f1"
+
+    def __init__(self, weight: float = 0.5, **kw) -> None:
+        super().__init__(**kw)
+        self.weight = weight
+
+    def score(self, texts, kwargs):
+        golden = self._golden(kwargs, len(texts))
+        f1s = [f1(a, g) for a, g in zip(self._answers(kwargs, texts), golden, strict=True)]
+        self._log(kwargs, f1=f1s)
+        return [self.weight * v for v in f1s]
 
 
 class LengthGuardReward(_Reward):

@@ -320,9 +320,13 @@ def run_training(run: TrainingRun, recipe: Recipe, resume: str | bool | None = N
     trainer.save_model(trainer.args.output_dir)
     after = _evaluate_heldout(run, "after")
     if trainer.is_world_process_zero():
+        from .machine import describe_machine
+
+        machine = describe_machine()  # a seed fixes a CPU run only on one kind of CPU
         summary = summarize(
             trainer.state.log_history, trainer.args.output_dir, str(log.path) if log else None
         )
+        summary["machine"] = machine
         if before is not None and after is not None:
             summary["heldout"] = run.heldout.compare(
                 before,
@@ -333,6 +337,7 @@ def run_training(run: TrainingRun, recipe: Recipe, resume: str | bool | None = N
                     "steps": trainer.state.global_step,
                     "method": recipe.method,
                     "title": f"{recipe.method}: held-out before vs after {trainer.state.global_step} steps",
+                    "machine": machine,
                 },
             )
         Path(trainer.args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2))

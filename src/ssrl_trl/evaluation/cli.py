@@ -192,9 +192,14 @@ def _compare_models(a: argparse.Namespace, argv: list[str], parts: Any = None) -
     a.out = out / "model"
     after = evaluate(a, argv, parts)
     arms = [arm for arm in after if arm in before and arm != "self_samples"]
+    from ..machine import describe_machine
+
+    machine = describe_machine()  # sampled (not greedy) arms depend on the CPU's instruction set
     for arm in arms:
         result = compare_records(before[arm], after[arm], seed=a.seed)
-        result.update({"before_model": a.baseline_model, "after_model": a.model, "arm": arm})
+        result.update(
+            {"before_model": a.baseline_model, "after_model": a.model, "arm": arm, "machine": machine}
+        )
         where = out if len(arms) == 1 else out / f"compare_{arm}"
         path = write_comparison(where, result, title=f"{arm}: {a.baseline_model} -> {a.model}")
         for metric in ("em", "f1", "format_valid", "answered"):
