@@ -32,19 +32,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .scoring import as_golden_list, normalize_answer
+from .scoring import YES_NO_ANSWERS, as_golden_list, normalize_answer
 
-#: answers that no passage states (they are inferred from what it says): never reachable
-INFERRED_ANSWERS = frozenset({"yes", "no", "noanswer"})
-
-__all__ = ["INFERRED_ANSWERS", "is_reachable", "main", "select_reachable"]
+__all__ = ["is_reachable", "main", "select_reachable"]
 
 
 def is_reachable(passages: Sequence[str], golden: Any) -> bool:
     """Whether a normalised gold answer occurs as whole words in a normalised passage (yes/no
-    answers never do: see :data:`INFERRED_ANSWERS`)."""
+    answers never do: see :data:`ssrl_trl.scoring.YES_NO_ANSWERS`)."""
     golds = [
-        g for g in (normalize_answer(x) for x in as_golden_list(golden)) if g and g not in INFERRED_ANSWERS
+        g for g in (normalize_answer(x) for x in as_golden_list(golden)) if g and g not in YES_NO_ANSWERS
     ]
     texts = [f" {normalize_answer(p)} " for p in passages]  # normalised text is single-spaced
     return any(f" {g} " in t for g in golds for t in texts)

@@ -24,12 +24,15 @@ __all__ = [
     "em",
     "f1",
     "normalize_answer",
+    "YES_NO_ANSWERS",
     "score_answer",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")  # FlashRAG: re.sub(r"\b(a|an|the)\b", " ", text)
 _PUNCT = str.maketrans("", "", string.punctuation)
-_SPECIAL_F1 = ("yes", "no", "noanswer")
+#: answers a passage never states word for word (they are inferred): F1 scores them only when equal,
+#: and question selection never counts them as reachable (``ssrl_trl.reachable``)
+YES_NO_ANSWERS = frozenset({"yes", "no", "noanswer"})
 
 
 def normalize_answer(text: str) -> str:
@@ -103,7 +106,7 @@ def f1(prediction: str | None, golden: Any) -> float:
     best = 0.0
     for g in as_golden_list(golden):
         gold = normalize_answer(g)
-        if (pred in _SPECIAL_F1 or gold in _SPECIAL_F1) and pred != gold:
+        if (pred in YES_NO_ANSWERS or gold in YES_NO_ANSWERS) and pred != gold:
             continue
         common = Counter(pred_tokens) & Counter(gold.split())
         same = sum(common.values())
